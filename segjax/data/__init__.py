@@ -1,0 +1,35 @@
+"""Datasets: one explicit name → loader table.
+
+``get_source(data_config)`` returns a :class:`segjax.data.base.Source` for ``data_config.name``.
+Each loader takes the ``config.data`` ConfigDict and prepares the dataset if needed.
+"""
+
+from collections.abc import Callable
+
+import ml_collections
+
+from segjax.data import shapes
+from segjax.data.base import DatasetInfo, Source
+
+__all__ = ["DatasetInfo", "Source", "get_source", "names"]
+
+_LOADERS: dict[str, Callable[[ml_collections.ConfigDict], Source]] = {
+    "shapes": lambda cfg: shapes.load(cfg.data_dir or None),
+}
+
+
+def names() -> list[str]:
+    """Every dataset name a config can use."""
+    return sorted(_LOADERS)
+
+
+def get_source(data_config: ml_collections.ConfigDict) -> Source:
+    """The source named by ``data_config.name``, prepared and ready to read.
+
+    Raises:
+      ValueError: unknown dataset name (the message lists the known ones).
+    """
+    name = data_config.name
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}")
+    return _LOADERS[name](data_config)
