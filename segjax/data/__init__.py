@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from segjax.data import shapes, voc
+from segjax.data import folder, shapes, voc
 from segjax.data.base import DatasetInfo, Source
 
 __all__ = ["DatasetInfo", "Source", "get_source", "names"]
@@ -17,6 +17,7 @@ _LOADERS: dict[str, Callable[[ml_collections.ConfigDict], Source]] = {
     "shapes": lambda cfg: shapes.load(cfg.data_dir or None),
     "voc": voc.load,
     "voc_aug": voc.load_aug,
+    "folder": folder.load,
 }
 
 

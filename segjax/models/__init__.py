@@ -13,10 +13,13 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from segjax.models import unet
+from segjax.models import deeplab, lraspp, pspnet, unet
 
 _TABLE: dict[str, Callable[..., nn.Module]] = {
     **unet.MODELS,
+    **deeplab.MODELS,
+    **lraspp.MODELS,
+    **pspnet.MODELS,
 }
 
 

@@ -1,0 +1,39 @@
+"""Quickstart: a small padded U-Net on the built-in ``shapes`` dataset, a few minutes on a CPU.
+
+    python -m segjax.train --config configs/quickstart.py --workdir /tmp/segjax_quickstart
+
+Override anything from the command line, e.g. ``--config.train.num_steps=50``. ``:runlocal``
+(``--config configs/quickstart.py:runlocal``) shrinks it to a few steps for smoke tests.
+"""
+
+from segjax.config import base_config, parse_arg
+
+
+def get_config(arg=None):
+    args = parse_arg(arg, runlocal=False)
+    c = base_config()
+    c.model.name = "unet_small"
+    c.model.num_classes = 4
+    c.data.name = "shapes"
+    c.data.crop_size = (64, 64)
+    c.data.eval_pad_size = (64, 64)
+    c.data.scale_range = (0.75, 1.5)
+    c.train.batch_size = 16
+    c.train.num_steps = 1500
+    c.train.log_every = 100
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    c.optim.name = "adamw"
+    c.optim.lr = 3e-3
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 50
+    c.optim.weight_decay = 1e-4
+    c.eval.batch_size = 40
+    if args.runlocal:
+        c.train.num_steps = 4
+        c.train.log_every = 2
+        c.train.eval_every = 0
+        c.train.checkpoint_every = 2
+        c.train.batch_size = 8
+        c.model.name = "unet_tiny"
+    return c

@@ -1,0 +1,129 @@
+"""Joint image/mask augmentation as TensorFlow ops (usable eagerly and inside ``tf.data``).
+
+Random values are drawn once per example from a *stateless* seed and the same deterministic
+geometric op is applied to image and mask, so the augmentation of an example is a pure
+function of its seed. Images are float32 in 0–255 until :func:`normalize`; masks are uint8
+class ids with 255 = ignore.
+"""
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+IGNORE_INDEX = 255
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def random_scale(
+    image: tf.Tensor, mask: tf.Tensor, scale: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Resizes by ``scale``: bilinear for the image, nearest for the mask (labels stay labels)."""
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+    image = tf.image.resize(image, new_size, method="bilinear")
+    mask = tf.image.resize(mask[..., None], new_size, method="nearest")[..., 0]
+    return image, mask
+
+
+def pad_to_size(
+    image: tf.Tensor,
+    mask: tf.Tensor,
+    size: Sequence[int],
+    image_fill: Sequence[float] = IMAGENET_MEAN,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pads bottom/right to at least ``size``: image with ``image_fill`` (per channel), mask with 255."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    ph, pw = tf.maximum(size[0] - h, 0), tf.maximum(size[1] - w, 0)
+    fill = tf.constant(image_fill, tf.float32)
+    image = tf.pad(image - fill, [[0, ph], [0, pw], [0, 0]]) + fill
+    mask = tf.pad(mask, [[0, ph], [0, pw]], constant_values=IGNORE_INDEX)
+    return image, mask
+
+
+def crop(
+    image: tf.Tensor, mask: tf.Tensor, size: Sequence[int], uy: tf.Tensor, ux: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Crops ``size`` at relative offsets ``uy, ux`` in [0, 1) of the free range."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    y0 = tf.cast(tf.floor(uy * tf.cast(h - size[0] + 1, tf.float32)), tf.int32)
+    x0 = tf.cast(tf.floor(ux * tf.cast(w - size[1] + 1, tf.float32)), tf.int32)
+    image = image[y0 : y0 + size[0], x0 : x0 + size[1]]
+    mask = mask[y0 : y0 + size[0], x0 : x0 + size[1]]
+    return tf.ensure_shape(image, [size[0], size[1], 3]), tf.ensure_shape(mask, [size[0], size[1]])
+
+
+def flip(image: tf.Tensor, mask: tf.Tensor, do_flip: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Horizontal flip of both when ``do_flip``."""
+    image = tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)
+    mask = tf.cond(do_flip, lambda: mask[:, ::-1], lambda: mask)
+    return image, mask
+
+
+def normalize(
+    image: tf.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> tf.Tensor:
+    """(image − mean) / std with per-channel 0–255 statistics."""
+    return (tf.cast(image, tf.float32) - tf.constant(mean)) / tf.constant(std)
+
+
+def train_transform(
+    image: tf.Tensor,
+    mask: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    crop_size: Sequence[int],
+    scale_range: Sequence[float] = (0.5, 2.0),
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random scale → pad (mean / 255) → random crop → flip → normalise.
+
+    Args:
+      image: uint8 or float ``[H, W, 3]``.
+      mask: uint8 ``[H, W]``.
+      seed: int ``[2]`` stateless seed; the result is a pure function of it.
+      crop_size: (height, width) of the output.
+      scale_range: (min, max) of the uniform random scale; (1, 1) disables scaling.
+      hflip: flip horizontally with probability 1/2.
+      mean, std: per-channel normalisation in 0–255 units.
+
+    Returns:
+      ``(image float32 [h, w, 3] normalised, mask uint8 [h, w])``.
+    """
+    u = tf.random.stateless_uniform([4], seed=seed)
+    image = tf.cast(image, tf.float32)
+    lo, hi = scale_range
+    if (lo, hi) != (1.0, 1.0):
+        image, mask = random_scale(image, mask, lo + (hi - lo) * u[0])
+    image, mask = pad_to_size(image, mask, crop_size, mean)
+    image, mask = crop(image, mask, crop_size, u[1], u[2])
+    if hflip:
+        image, mask = flip(image, mask, u[3] < 0.5)
+    return normalize(image, mean, std), mask
+
+
+def eval_transform(
+    image: tf.Tensor,
+    mask: tf.Tensor,
+    *,
+    pad_size: Sequence[int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Normalise the full-resolution image and pad it to ``pad_size`` (image 0 after
+    normalisation, i.e. the mean; mask 255), so every pixel of the original is evaluated once.
+
+    Raises (at run time):
+      InvalidArgumentError naming both sizes when the image is larger than ``pad_size``.
+    """
+    shape = tf.shape(image)
+    tf.debugging.assert_less_equal(
+        shape[:2],
+        tf.constant(pad_size, tf.int32),
+        message=f"evaluation image larger than config.eval.pad_size={tuple(pad_size)}; "
+        "raise config.eval.pad_size (or use sliding-window evaluation)",
+    )
+    image, mask = pad_to_size(tf.cast(image, tf.float32), mask, pad_size, mean)
+    return normalize(image, mean, std), mask
