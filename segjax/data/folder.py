@@ -57,7 +57,7 @@ def discover_splits(root: str) -> dict[str, tuple[str, str]]:
     images, masks = os.path.join(root, "images"), os.path.join(root, "masks")
     for d in (images, masks):
         if not os.path.isdir(d):
-            raise DataError(f"{d}: folder dataset directory not found (expected images/ and masks/)")
+            raise DataError(f"{d}: directory not found (a folder dataset has images/ and masks/)")
     entries = sorted(e for e in os.listdir(images) if not e.startswith("."))
     subdirs = [e for e in entries if os.path.isdir(os.path.join(images, e))]
     if any(e.lower().endswith(image_io.IMAGE_EXTENSIONS) for e in entries) or not subdirs:
@@ -197,7 +197,7 @@ def class_names_of(data_config) -> tuple[str, ...]:
             f"{root}: config.data.num_classes={num_classes} but {len(names)} class names given"
         )
     if len(names) > 255:
-        raise DataError(f"{root}: {len(names)} classes; at most 255 fit uint8 masks with 255=ignore")
+        raise DataError(f"{root}: {len(names)} classes; uint8 masks (255 = ignore) fit 255")
     return names
 
 
@@ -213,9 +213,7 @@ def load(data_config) -> TfdsSource:
     names = class_names_of(data_config)
     palette = tuple(tuple(int(c) for c in rgb) for rgb in (data_config.palette or ()))
     if palette and len(palette) != len(names):
-        raise DataError(
-            f"config.data.palette has {len(palette)} colours for {len(names)} classes"
-        )
+        raise DataError(f"config.data.palette has {len(palette)} colours for {len(names)} classes")
     value_range = tuple(float(v) for v in (data_config.value_range or ()))
     if value_range and len(value_range) != 2:
         raise DataError(f"config.data.value_range={value_range}; expected (low, high) or ()")

@@ -216,13 +216,26 @@ def generate_checked(
     counter: SkipCounter,
     where: str,
 ) -> Iterator[tuple[str, dict]]:
-    """Yields ``make(item)`` for each item; bad items raise or are skipped per ``counter``."""
+    """Yields ``make(item)`` for each item; bad items raise or are skipped per ``counter``.
+
+    Raises:
+      DataError: an item is bad and skipping is off, or every item was skipped.
+    """
+    produced = 0
     for item in items:
         try:
-            yield make(item)
+            example = make(item)
         except DataError as e:
             counter.handle(e)
+            continue
+        produced += 1
+        yield example
     counter.report(where)
+    if not produced:
+        raise DataError(
+            f"{where}: split is empty after preparation; all {len(counter.skipped)} example(s) "
+            "were bad and skipped"
+        )
 
 
 def check_splits(name: str, splits: dict[str, int], where: str) -> None:
