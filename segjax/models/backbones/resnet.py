@@ -1,4 +1,4 @@
-"""ResNet backbones (He et al. 2016) laid out exactly as torchvision's ``torchvision.models.resnet``.
+"""ResNet backbones (He et al. 2016), laid out exactly as ``torchvision.models.resnet``.
 
 Structure (v1.5, as torchvision): stride on the 3×3 conv of the bottleneck; the projection
 shortcut is conv1×1(stride) + BN; ``replace_stride_with_dilation`` turns the stride of layer2/3/4
@@ -198,9 +198,9 @@ class BasicBlock(nn.Module):
         out = _conv(self.planes, 3, dtype=self.dtype, name="conv2")(out)
         out = batch_norm(train, self.dtype, name="bn2")(out)
         if self.downsample:
-            identity = _conv(self.planes, 1, self.strides, dtype=self.dtype, name="downsample_conv")(
-                x
-            )
+            identity = _conv(
+                self.planes, 1, self.strides, dtype=self.dtype, name="downsample_conv"
+            )(x)
             identity = batch_norm(train, self.dtype, name="downsample_bn")(identity)
         return nn.relu(out + identity)
 
@@ -280,10 +280,9 @@ class ResNet(nn.Module):
 
 
 def resnet(depth: int, *, output_stride: int = 32, **kwargs) -> ResNet:
-    """A ResNet of ``depth`` at ``output_stride`` (8, 16 or 32); other kwargs go to :class:`ResNet`."""
-    return ResNet(
-        depth=depth, replace_stride_with_dilation=dilation_for_output_stride(output_stride), **kwargs
-    )
+    """A ResNet of ``depth`` at ``output_stride`` (8, 16 or 32); kwargs go to :class:`ResNet`."""
+    dilate = dilation_for_output_stride(output_stride)
+    return ResNet(depth=depth, replace_stride_with_dilation=dilate, **kwargs)
 
 
 resnet50 = functools.partial(resnet, 50)

@@ -1,0 +1,171 @@
+"""Tests for segjax.models.backbones.resnet."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from segjax.models.backbones import resnet
+
+
+def host_init(module, x, seed=0):
+    """Random variables built on the host (no XLA compile of the random initialisers)."""
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
+    rng = np.random.default_rng(seed)
+
+    def make(path, leaf):
+        name = jax.tree_util.keystr(path[-1:])
+        if "var" in name or "scale" in name:
+            return jnp.ones(leaf.shape, leaf.dtype)
+        if "mean" in name or "bias" in name:
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1]))
+        return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(make, shapes)
+
+
+def _num_params(module, shape=(1, 64, 64, 3)):
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+
+
+# torchvision's published totals minus the ImageNet fc layer (2048·1000 + 1000, or 512·1000 +
+# 1000 for ResNet-18/34): the backbone has no classifier.
+@pytest.mark.parametrize(
+    "depth, total, fc",
+    [
+        (18, 11_689_512, 513_000),
+        (34, 21_797_672, 513_000),
+        (50, 25_557_032, 2_049_000),
+        (101, 44_549_160, 2_049_000),
+        (152, 60_192_808, 2_049_000),
+    ],
+)
+def test_param_count_matches_torchvision(depth, total, fc):
+    assert _num_params(resnet.ResNet(depth=depth)) == total - fc
+
+
+def test_param_names_map_to_torchvision_keys():
+    variables = jax.eval_shape(
+        lambda: resnet.ResNet(depth=50).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    )
+    params = variables["params"]
+    assert set(params["layer1_0"]) == {
+        "conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample_conv", "downsample_bn",
+    }  # fmt: skip
+    assert "downsample_conv" not in params["layer1_1"]
+    assert sorted(k for k in params if k.startswith("layer3_")) == sorted(
+        f"layer3_{j}" for j in range(6)
+    )
+    chex.assert_shape(params["layer2_0"]["conv2"]["kernel"], (3, 3, 128, 128))
+    chex.assert_shape(params["layer2_0"]["downsample_conv"]["kernel"], (1, 1, 256, 512))
+    assert set(variables["batch_stats"]["bn1"]) == {"mean", "var"}
+
+
+def test_block_plan_follows_torchvision_make_layer():
+    blocks = resnet.STAGE_BLOCKS[50]
+    # Output stride 8: layer3 dilation 2 (first block keeps 1), layer4 dilation 4 (first keeps 2).
+    plan = resnet.block_plan(blocks, (False, True, True))
+    assert plan[1] == [(2, 1), (1, 1), (1, 1), (1, 1)]
+    assert plan[2] == [(1, 1)] + [(1, 2)] * 5
+    assert plan[3] == [(1, 2), (1, 4), (1, 4)]
+    plan16 = resnet.block_plan(blocks, (False, False, True))
+    assert plan16[2][0] == (2, 1) and plan16[3] == [(1, 1), (1, 2), (1, 2)]
+    # DeepLab v3 multi-grid at output stride 16: layer4 rates 2·(1, 2, 4).
+    plan_mg = resnet.block_plan(blocks, (False, False, True), (1, 2, 4))
+    assert plan_mg[3] == [(1, 2), (1, 4), (1, 8)]
+    with pytest.raises(ValueError, match="multi_grid"):
+        resnet.block_plan(blocks, (False, False, True), (1, 2))
+
+
+def test_module_applies_the_planned_dilations():
+    """Records every 3×3 conv the module runs and compares with the block plan."""
+    model = resnet.resnet_tiny(output_stride=8, stage_blocks=(1, 2, 2, 3), multi_grid=(1, 2, 4))
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, nn.Conv) and module.name == "conv2":
+            seen.append((module.strides[0], module.kernel_dilation[0], module.padding[0][0]))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    plan = resnet.block_plan((1, 2, 2, 3), (False, True, True), (1, 2, 4))
+    expected = [(s, d, d) for stage in plan for s, d in stage]
+    assert seen == expected
+
+
+@pytest.mark.parametrize(
+    "output_stride, size, expected",
+    # PyTorch size arithmetic: floor((n + 2p - k) / s) + 1 at each strided layer.
+    [(32, 64, (32, 16, 8, 4, 2)), (16, 65, (33, 17, 9, 5, 5)), (8, 37, (19, 10, 5, 5, 5))],
+)
+def test_feature_shapes(output_stride, size, expected):
+    model = resnet.resnet_tiny(output_stride=output_stride)
+    out = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, size, size, 3)))[0]
+    )
+    chans = model.stage_channels()
+    for name, side in zip(("stem", "layer1", "layer2", "layer3", "layer4"), expected):
+        chex.assert_shape(out[name], (2, side, side, chans[name]))
+
+
+def test_output_stride_helper_rejects_unknown():
+    assert resnet.dilation_for_output_stride(16) == (False, False, True)
+    with pytest.raises(ValueError, match="output_stride"):
+        resnet.dilation_for_output_stride(4)
+
+
+def test_basic_block_refuses_dilation():
+    model = resnet.ResNet(depth=18, width=8, replace_stride_with_dilation=(False, True, True))
+    with pytest.raises(ValueError, match="dilation"):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+
+
+class ResNetVariantsTest(parameterized.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_forward_finite(self):
+        model = resnet.resnet_tiny(output_stride=8)
+        x = jax.random.normal(jax.random.key(1), (1, 17, 17, 3))
+        variables = host_init(model, x)
+        feats = self.variant(lambda v, x: model.apply(v, x, train=False))(variables, x)
+        chex.assert_shape(feats["layer4"], (1, 3, 3, 256))
+        chex.assert_tree_all_finite(feats)
+
+
+def test_backward_finite_and_batch_stats_update():
+    model = resnet.resnet_tiny(output_stride=8)
+    x = jax.random.normal(jax.random.key(1), (2, 17, 17, 3))
+    variables = host_init(model, x)
+
+    @jax.jit
+    def loss_and_grad(params, batch_stats, x):
+        def loss(p):
+            feats, updates = model.apply(
+                {"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.mean(feats["layer4"] ** 2), updates
+
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+    (value, updates), grads = loss_and_grad(variables["params"], variables["batch_stats"], x)
+    chex.assert_tree_all_finite((value, grads))
+    # Training mode moves the running statistics.
+    moved = jax.tree.map(
+        lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], variables["batch_stats"]
+    )
+    assert all(jax.tree.leaves(moved))
+    assert float(jnp.sum(jnp.abs(grads["conv1"]["kernel"]))) > 0
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    model = resnet.resnet_tiny(dtype=jnp.bfloat16)
+    x = jnp.ones((1, 32, 32, 3))
+    feats, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x))
+    assert feats["layer4"].dtype == jnp.bfloat16
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
