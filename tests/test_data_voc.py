@@ -138,7 +138,7 @@ def aug_source(archives):
 
 def test_voc2012_from_archive_split_sizes_and_masks(archives, voc_source):
     _, voc_masks, _ = archives
-    assert voc_source.info.splits == {"train": 3, "val": 3}
+    assert voc_source.info.splits == {"train": 3, "validation": 3}
     assert voc_source.info.num_classes == 21
     train = read_all(voc_source, "train")
     assert sorted(train) == VOC_TRAIN
@@ -147,12 +147,12 @@ def test_voc2012_from_archive_split_sizes_and_masks(archives, voc_source):
         assert ex["image"].shape == (*voc_masks[image_id].shape, 3)
         assert ex["image"].dtype == np.uint8
         assert (ex["mask"] == 255).sum() == ex["mask"].shape[1]  # border band kept
-    assert sorted(read_all(voc_source, "val")) == VOC_VAL
+    assert sorted(read_all(voc_source, "validation")) == VOC_VAL
 
 
 def test_voc_aug_split_sizes_overlap_removed_and_mask_sources(archives, aug_source):
     _, voc_masks, sbd_masks = archives
-    assert aug_source.info.splits == {"train_aug": 7, "val": 3}
+    assert aug_source.info.splits == {"train_aug": 7, "validation": 3}
     train = read_all(aug_source, "train_aug")
     assert sorted(train) == EXPECTED_TRAIN_AUG
     assert not set(train) & set(VOC_VAL)  # SBD images in VOC val are removed
@@ -160,7 +160,7 @@ def test_voc_aug_split_sizes_overlap_removed_and_mask_sources(archives, aug_sour
         # VOC train images keep VOC's annotation (2008_000001 is in both); others use SBD.
         expected = voc_masks[image_id] if image_id in VOC_TRAIN else sbd_masks[image_id]
         np.testing.assert_array_equal(ex["mask"], expected)
-    val = read_all(aug_source, "val")
+    val = read_all(aug_source, "validation")
     assert sorted(val) == VOC_VAL
     for image_id, ex in val.items():
         np.testing.assert_array_equal(ex["mask"], voc_masks[image_id])
@@ -172,7 +172,7 @@ def test_image_only_in_sbd_is_read_from_sbd(aug_source):
 
 
 @pytest.mark.parametrize("process_count", [1, 2, 3])
-@pytest.mark.parametrize("split", ["train_aug", "val"])
+@pytest.mark.parametrize("split", ["train_aug", "validation"])
 def test_process_parts_cover_split_exactly_once(aug_source, split, process_count):
     seen = []
     for index in range(process_count):
@@ -230,3 +230,14 @@ def test_bad_sbd_mat_names_the_file(tmp_path):
     bad.write_bytes(b"not a mat file")
     with pytest.raises(DataError, match=r"2008_000020\.mat: cannot read GTcls\.Segmentation"):
         data.get_source(data_config(tmp_path, name="voc_aug"))
+
+
+def test_voc_config_name_aug_is_voc_aug(archives, aug_source):
+    root, _, _ = archives
+    source = data.get_source(data_config(root, name="voc", config_name="aug"))
+    assert source.info.splits == aug_source.info.splits
+
+
+def test_unknown_voc_config_name(tmp_path):
+    with pytest.raises(ValueError, match=r"config_name='2007' is not a VOC config"):
+        data.get_source(data_config(tmp_path, name="voc", config_name="2007"))

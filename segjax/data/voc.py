@@ -4,12 +4,13 @@ TFDS's own ``voc`` has no segmentation masks; this builder reads the original ar
 
 Configs:
 
-- ``voc2012``: the official VOC 2012 segmentation set, ``train`` 1,464 / ``val`` 1,449 images
+- ``voc2012``: the official VOC 2012 segmentation set, ``train`` 1,464 / ``validation`` 1,449
+  images
   (``ImageSets/Segmentation/{train,val}.txt``), masks from ``SegmentationClass`` palette PNGs.
 - ``aug``: the "train_aug" set of DeepLab and mmsegmentation: ``train_aug`` 10,582 = (SBD train
-  ∪ SBD val ∪ VOC train) minus VOC val, and ``val`` 1,449. Images listed in VOC train keep their
-  VOC annotation (with its 255 object borders); the others take SBD's ``cls/<id>.mat``
-  (``GTcls.Segmentation``, no border band).
+  ∪ SBD val ∪ VOC train) minus VOC val, and ``validation`` (= VOC val) 1,449. Images listed
+  in VOC train keep their VOC annotation (with its 255 object borders); the others take SBD's
+  ``cls/<id>.mat`` (``GTcls.Segmentation``, no border band).
 
 Both configs have 21 classes (background + 20 objects); 255 (object borders, "difficult") is kept
 as ignore. Files (``VOCtrainval_11-May-2012.tar`` and, for ``aug``, SBD's ``benchmark.tgz``) are
@@ -124,9 +125,13 @@ class SegjaxVoc(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [
-        VocConfig(name="voc2012", description="VOC 2012: train 1,464 / val 1,449", augmented=False),
         VocConfig(
-            name="aug", description="VOC 2012 + SBD: train_aug 10,582 / val 1,449", augmented=True
+            name="voc2012", description="VOC 2012: train 1,464 / validation 1,449", augmented=False
+        ),
+        VocConfig(
+            name="aug",
+            description="VOC 2012 + SBD: train_aug 10,582 / validation 1,449",
+            augmented=True,
         ),
     ]
 
@@ -199,9 +204,12 @@ class SegjaxVoc(tfds.core.GeneratorBasedBuilder):
             # VOC annotations (with border band) win for VOC train images; SBD for the rest.
             items = [(i, "png") for i in train if i not in val_set]
             items += [(i, "mat") for i in sorted(set(sbd_ids) - voc_train - val_set)]
-            splits = {"train_aug": items, "val": [(i, "png") for i in val]}
+            splits = {"train_aug": items, "validation": [(i, "png") for i in val]}
         else:
-            splits = {"train": [(i, "png") for i in train], "val": [(i, "png") for i in val]}
+            splits = {
+                "train": [(i, "png") for i in train],
+                "validation": [(i, "png") for i in val],
+            }
         for split, items in splits.items():
             if not items:
                 raise DataError(f"{lists}: split {split!r} is empty; its list names no image")
@@ -270,11 +278,20 @@ def load_builder(data_config, config_name: str) -> TfdsSource:
     return TfdsSource(builder, info)
 
 
+_CONFIG_NAMES = {"": "voc2012", "2012": "voc2012", "voc2012": "voc2012", "aug": "aug"}
+
+
 def load(data_config) -> TfdsSource:
-    """The ``voc`` dataset: VOC 2012 train 1,464 / val 1,449."""
-    return load_builder(data_config, "voc2012")
+    """The ``voc`` dataset: VOC 2012 train 1,464 / validation 1,449, or with
+    ``data_config.config_name="aug"`` the same as ``voc_aug``."""
+    name = data_config.config_name
+    if name not in _CONFIG_NAMES:
+        raise ValueError(
+            f"config.data.config_name={name!r} is not a VOC config; expected '2012' or 'aug'"
+        )
+    return load_builder(data_config, _CONFIG_NAMES[name])
 
 
 def load_aug(data_config) -> TfdsSource:
-    """The ``voc_aug`` dataset: VOC 2012 + SBD, train_aug 10,582 / val 1,449."""
+    """The ``voc_aug`` dataset: VOC 2012 + SBD, train_aug 10,582 / validation 1,449."""
     return load_builder(data_config, "aug")
