@@ -152,3 +152,41 @@ def bilinear_init(factor: int) -> Callable[..., jax.Array]:
         return jnp.asarray(bilinear_kernel(factor, cin), dtype)
 
     return init
+
+
+class BilinearConvTranspose(nn.Module):
+    """Learnable ×``factor`` upsampling: a transposed conv initialised to bilinear interpolation.
+
+    Caffe / PyTorch ``ConvTranspose2d`` semantics with no padding and no bias: kernel
+    ``k = 2·factor − factor % 2``, stride ``factor``, output size ``(n − 1)·factor + k``, and
+    ``out[factor·i + t] += x[i] · kernel[t]``. Callers crop (FCN's offsets). Implemented with
+    ``jax.lax.conv_transpose(..., transpose_kernel=True)``; the kernel is stored HWOI
+    (``kernel[h, w, o, i] = torch_weight[i, o, h, w]``).
+
+    Attributes:
+      factor: upsampling stride.
+      trainable: ``False`` stops the gradient to the kernel (the FCN reference fixes it).
+      dtype: compute dtype (the kernel stays float32).
+    """
+
+    factor: int
+    trainable: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        size = 2 * self.factor - self.factor % 2
+        kernel = self.param(
+            "kernel", bilinear_init(self.factor), (size, size, channels, channels), jnp.float32
+        )
+        if not self.trainable:
+            kernel = jax.lax.stop_gradient(kernel)
+        return jax.lax.conv_transpose(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            (self.factor, self.factor),
+            "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            transpose_kernel=True,
+        )
