@@ -13,10 +13,11 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from segjax.models import deeplab, lraspp, pspnet, unet
+from segjax.models import deeplab, fcn, lraspp, pspnet, unet
 
 _TABLE: dict[str, Callable[..., nn.Module]] = {
     **unet.MODELS,
+    **fcn.MODELS,
     **deeplab.MODELS,
     **lraspp.MODELS,
     **pspnet.MODELS,
