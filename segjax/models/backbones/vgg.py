@@ -42,6 +42,8 @@ VGG16_CFG: tuple[int | str, ...] = (
 
 # torchvision: conv kaiming_normal(fan_out, relu), bias 0.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torchvision: Linear layers normal(0, 0.01), bias 0.
+fc_init = nn.initializers.normal(0.01)
 
 
 def max_pool_ceil(x: jax.Array) -> jax.Array:
@@ -109,7 +111,7 @@ class VGG16(nn.Module):
                 padding=((fc6_pad, fc6_pad), (fc6_pad, fc6_pad)),
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
-                kernel_init=nn.initializers.normal(0.01),
+                kernel_init=fc_init,
                 name="fc6",
             )(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
@@ -118,7 +120,7 @@ class VGG16(nn.Module):
                 (1, 1),
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
-                kernel_init=nn.initializers.normal(0.01),
+                kernel_init=fc_init,
                 name="fc7",
             )(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
