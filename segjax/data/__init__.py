@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from segjax.data import folder, shapes, voc
+from segjax.data import ade20k, cityscapes, folder, pets, shapes, voc
 from segjax.data.base import DatasetInfo, Source
 
 __all__ = ["DatasetInfo", "Source", "get_source", "names"]
@@ -18,6 +18,9 @@ _LOADERS: dict[str, Callable[[ml_collections.ConfigDict], Source]] = {
     "voc": voc.load,
     "voc_aug": voc.load_aug,
     "folder": folder.load,
+    "pets": pets.load,
+    "cityscapes": cityscapes.load,
+    "ade20k": ade20k.load,
 }
 
 
