@@ -1,0 +1,273 @@
+"""Tests for segjax.models.fcn (FCN-32s/16s/8s on VGG16, FCN-ResNet)."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from segjax import models
+from segjax.models import fcn
+from segjax.models.backbones import vgg
+from segjax.models.layers import BilinearConvTranspose
+
+
+def host_init(module, x, seed=0):
+    """Random variables built on the host (no XLA compile of the random initialisers)."""
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
+    rng = np.random.default_rng(seed)
+
+    def make(path, leaf):
+        name = jax.tree_util.keystr(path[-1:])
+        if "var" in name or "scale" in name:
+            return jnp.ones(leaf.shape, leaf.dtype)
+        if "mean" in name:
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1])) or 1
+        return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(make, shapes)
+
+
+def _num_params(module, shape=(1, 64, 64, 3)):
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, expected",
+    [
+        ("fcn32s_vgg16", {}, 136_152_917),
+        ("fcn16s_vgg16", {}, 134_815_994),
+        ("fcn8s_vgg16", {}, 134_489_759),
+        ("fcn8s_vgg16", {"paper_alignment": False}, 134_489_759),
+        ("fcn_resnet50", {}, 35_322_218),
+        ("fcn_resnet50", {"aux": False}, 32_957_013),
+        ("fcn_resnet101", {}, 54_314_346),
+        ("fcn_resnet101", {"aux": False}, 51_949_141),
+    ],
+)
+def test_param_counts_match_published(name, kwargs, expected):
+    assert _num_params(models.create(name, num_classes=21, **kwargs)) == expected
+
+
+def _closed_form_bilinear(factor):
+    """The FCN reference's ``upsample_filt``, written out independently."""
+    size = 2 * factor - factor % 2
+    center = (size - 1) / 2  # = factor - 0.5 for even sizes, factor - 1 for odd ones
+    ramp = 1 - np.abs(np.arange(size) - center) / factor
+    return np.outer(ramp, ramp)
+
+
+@pytest.fixture(scope="module")
+def fresh_fcn8s_tiny():
+    """A real ``init`` of FCN-8s tiny; the backbone kernels start at zero to keep it fast."""
+    model = models.create("fcn8s_vgg16_tiny", num_classes=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vgg, "conv_init", nn.initializers.zeros)
+        mp.setattr(vgg, "fc_init", nn.initializers.zeros)
+        variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
+    return model, variables
+
+
+@pytest.mark.parametrize("name, factor", [("upscore2", 2), ("upscore_pool4", 2), ("upscore8", 8)])
+def test_upsampling_initialised_bilinear(fresh_fcn8s_tiny, name, factor):
+    _, variables = fresh_fcn8s_tiny
+    kernel = np.asarray(variables["params"][name]["kernel"])
+    assert set(variables["params"][name]) == {"kernel"}  # no bias
+    expected = np.zeros_like(kernel)
+    for c in range(kernel.shape[-1]):
+        expected[:, :, c, c] = _closed_form_bilinear(factor)
+    np.testing.assert_allclose(kernel, expected, atol=1e-7)
+
+
+def test_score_layers_start_at_zero(fresh_fcn8s_tiny):
+    _, variables = fresh_fcn8s_tiny
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        chex.assert_trees_all_equal(
+            variables["params"][name],
+            jax.tree.map(jnp.zeros_like, variables["params"][name]),
+        )
+
+
+@pytest.mark.parametrize("factor", [2, 3, 8, 32])
+def test_bilinear_layer_upsamples_constant_in_interior(factor):
+    x = jnp.full((1, 4, 4, 2), 3.0)
+    out = BilinearConvTranspose(factor).apply(
+        BilinearConvTranspose(factor).init(jax.random.key(0), x), x
+    )
+    k = 2 * factor - factor % 2
+    chex.assert_shape(out, (1, 3 * factor + k, 3 * factor + k, 2))
+    lo, hi = k - factor, 3 * factor + 1  # outputs covered by two inputs per axis
+    np.testing.assert_allclose(out[0, lo:hi, lo:hi], 3.0, rtol=1e-6)
+
+
+def _constant_score_variables(model, x, values):
+    """Fresh (bilinear) upsampling, zero ``score_fr`` kernel and a per-class constant bias."""
+    variables = host_init(model, x)
+    params = dict(variables["params"])
+    for name in params:
+        if name.startswith("upscore"):
+            shape = params[name]["kernel"].shape
+            factor = {4: 2, 16: 8, 32: 16, 64: 32}[shape[0]]
+            params[name] = {"kernel": jnp.asarray(fcn_bilinear(factor, shape[-1]))}
+    params["score_fr"] = {
+        "kernel": jnp.zeros_like(params["score_fr"]["kernel"]),
+        "bias": jnp.asarray(values, jnp.float32),
+    }
+    return {"params": params}
+
+
+def fcn_bilinear(factor, channels):
+    kernel = np.zeros((2 * factor, 2 * factor, channels, channels), np.float32)
+    for c in range(channels):
+        kernel[:, :, c, c] = _closed_form_bilinear(factor)
+    return kernel
+
+
+@pytest.mark.parametrize("size", [(37, 64)])
+def test_fcn32s_aligned_upsamples_constant_to_constant(size):
+    model = models.create("fcn32s_vgg16_tiny", num_classes=3, paper_alignment=False)
+    x = jax.random.normal(jax.random.key(0), (1, *size, 3))
+    values = [1.5, -2.0, 0.25]
+    out = model.apply(_constant_score_variables(model, x, values), x)["out"]
+    chex.assert_shape(out, (1, *size, 3))
+    np.testing.assert_allclose(out, np.broadcast_to(values, out.shape), rtol=1e-5)
+
+
+def test_fcn32s_paper_alignment_constant_away_from_the_border():
+    # The reference crops at offset 19 of a 64/32 transposed conv whose first input is centred
+    # at 31.5: image rows >= 13 have both bilinear neighbours, rows 0..12 see one (weight < 1).
+    model = models.create("fcn32s_vgg16_tiny", num_classes=3)
+    x = jax.random.normal(jax.random.key(0), (1, 40, 40, 3))
+    values = np.array([1.5, -2.0, 0.25], np.float32)
+    out = np.asarray(model.apply(_constant_score_variables(model, x, values), x)["out"])
+    np.testing.assert_allclose(out[0, 13:, 13:], np.broadcast_to(values, (27, 27, 3)), rtol=1e-5)
+    weight_row0 = 1 - abs(19 - 31.5) / 32
+    np.testing.assert_allclose(out[0, 0, 20], values * weight_row0, rtol=1e-5)
+
+
+def test_aligned_fcn32s_equals_bilinear_resize_of_the_score_map():
+    """Aligned upsampling at init = half-pixel bilinear interpolation (align_corners=False)."""
+    model = models.create("fcn32s_vgg16_tiny", num_classes=2, paper_alignment=False)
+    x = jax.random.normal(jax.random.key(0), (1, 70, 45, 3))
+    variables = _constant_score_variables(model, x, [0.0, 0.0])
+    variables["params"]["score_fr"] = host_init(model, x, seed=3)["params"]["score_fr"]
+    captured = {}
+
+    def capture(next_fun, args, kwargs, context):
+        if context.module.name == "score_fr":
+            captured["score"] = next_fun(*args, **kwargs)
+            return captured["score"]
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(capture):
+        out = model.apply(variables, x)["out"]
+    score = captured["score"]
+    n_h, n_w = score.shape[1:3]
+    expected = jax.image.resize(score, (1, 32 * n_h, 32 * n_w, 2), "bilinear")[:, :70, :45]
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fcn32s_vgg16_tiny", "fcn16s_vgg16_tiny", "fcn8s_vgg16_tiny"])
+@pytest.mark.parametrize("paper", [True, False])
+@pytest.mark.parametrize("size", [(1, 1), (31, 32), (33, 47), (64, 64)])
+def test_vgg_fcn_output_shapes(name, paper, size):
+    model = models.create(name, num_classes=5, paper_alignment=paper)
+    out = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, *size, 3)))[0]
+    )
+    assert set(out) == {"out"}
+    chex.assert_shape(out["out"], (2, *size, 5))
+    assert out["out"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("size", [(17, 17), (32, 45)])
+@pytest.mark.parametrize("aux", [True, False])
+def test_fcn_resnet_output_shapes(size, aux):
+    model = models.create("fcn_resnet50_tiny", num_classes=4, aux=aux, dtype=jnp.bfloat16)
+    out = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, *size, 3)))[0]
+    )
+    assert set(out) == ({"out", "aux"} if aux else {"out"})
+    for value in out.values():
+        chex.assert_shape(value, (2, *size, 4))
+        assert value.dtype == jnp.float32
+
+
+def test_fcn_resnet_names_map_to_torchvision():
+    variables = jax.eval_shape(
+        lambda: models.create("fcn_resnet50", num_classes=21).init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+        )
+    )
+    params = variables["params"]
+    assert set(params) == {"backbone", "classifier", "aux_classifier"}
+    assert set(params["classifier"]) == {"conv", "bn", "cls"}
+    chex.assert_shape(params["classifier"]["conv"]["kernel"], (3, 3, 2048, 512))
+    chex.assert_shape(params["aux_classifier"]["conv"]["kernel"], (3, 3, 1024, 256))
+    assert "bias" not in params["classifier"]["conv"]
+
+
+def test_unknown_variant_is_an_error():
+    model = fcn.FCN(num_classes=2, variant="4s", width=8, fc_features=8)
+    with pytest.raises(ValueError, match="variant"):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+
+
+class FCNVariantsTest(parameterized.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_fcn8s_forward_finite(self):
+        model = models.create("fcn8s_vgg16_tiny", num_classes=3)
+        x = jax.random.normal(jax.random.key(0), (1, 25, 30, 3))
+        variables = host_init(model, x)
+        out = self.variant(lambda v, x: model.apply(v, x, train=False))(variables, x)
+        chex.assert_shape(out["out"], (1, 25, 30, 3))
+        chex.assert_tree_all_finite(out)
+
+
+def _grads(model, x, labels):
+    variables = host_init(model, x)
+
+    @jax.jit
+    def grad_fn(params):
+        def loss(p):
+            out, _ = model.apply(
+                {**variables, "params": p},
+                x,
+                train=True,
+                rngs={"dropout": jax.random.key(0)},
+                mutable=["batch_stats"],
+            )
+            logp = jax.nn.log_softmax(out["out"])
+            return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], -1))
+
+        return jax.value_and_grad(loss)(params)
+
+    return grad_fn(variables["params"])
+
+
+def test_fcn8s_backward_finite_and_fixed_upsampling_gets_no_gradient():
+    model = models.create("fcn8s_vgg16_tiny", num_classes=3, fixed_upsampling=True)
+    x = jax.random.normal(jax.random.key(0), (2, 27, 22, 3))
+    labels = jax.random.randint(jax.random.key(1), (2, 27, 22), 0, 3)
+    value, grads = _grads(model, x, labels)
+    chex.assert_tree_all_finite((value, grads))
+    for name in ("upscore2", "upscore_pool4", "upscore8"):
+        assert float(jnp.abs(grads[name]["kernel"]).max()) == 0.0
+    for name in ("score_fr", "score_pool3", "backbone"):
+        assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[name])) > 0
+
+
+def test_fcn_resnet_backward_finite():
+    model = models.create("fcn_resnet50_tiny", num_classes=3)
+    x = jax.random.normal(jax.random.key(0), (2, 17, 20, 3))
+    labels = jax.random.randint(jax.random.key(1), (2, 17, 20), 0, 3)
+    value, grads = _grads(model, x, labels)
+    chex.assert_tree_all_finite((value, grads))
+    assert float(jnp.abs(grads["classifier"]["cls"]["kernel"]).max()) > 0
+    # The auxiliary head is not in this loss; the main head and the backbone are.
+    assert float(jnp.abs(grads["aux_classifier"]["cls"]["kernel"]).max()) == 0
+    assert float(jnp.abs(grads["backbone"]["conv1"]["kernel"]).max()) > 0
