@@ -127,3 +127,129 @@ def eval_transform(
     )
     image, mask = pad_to_size(tf.cast(image, tf.float32), mask, pad_size, mean)
     return normalize(image, mean, std), mask
+
+
+# --- Photometric distortion and class-balanced cropping (mmsegmentation-style) ---
+
+
+def adjust_photometric(
+    image: tf.Tensor,
+    *,
+    brightness: tf.Tensor | float = 0.0,
+    contrast: tf.Tensor | float = 1.0,
+    saturation: tf.Tensor | float = 1.0,
+    hue: tf.Tensor | float = 0.0,
+    contrast_first: tf.Tensor | bool = True,
+) -> tf.Tensor:
+    """Deterministic photometric change of a 0–255 image (the mask is never touched).
+
+    In order: add ``brightness``; multiply by ``contrast`` if ``contrast_first``; multiply the
+    HSV saturation by ``saturation`` and rotate the hue by ``hue`` degrees (OpenCV units, a full
+    turn is 180); multiply by ``contrast`` if not ``contrast_first``. Values are clipped to
+    [0, 255] after every step, as the uint8 reference implementation does implicitly.
+
+    Returns:
+      float32 ``[H, W, 3]`` in [0, 255].
+    """
+    image = tf.cast(image, tf.float32)
+    brightness = tf.cast(brightness, tf.float32)
+    contrast = tf.cast(contrast, tf.float32)
+    contrast_first = tf.convert_to_tensor(contrast_first, tf.bool)
+    image = tf.clip_by_value(image + brightness, 0.0, 255.0)
+    image = tf.clip_by_value(image * tf.where(contrast_first, contrast, 1.0), 0.0, 255.0)
+    hsv = tf.image.rgb_to_hsv(image / 255.0)
+    h = tf.math.floormod(hsv[..., 0] + tf.cast(hue, tf.float32) / 180.0, 1.0)
+    s = tf.clip_by_value(hsv[..., 1] * tf.cast(saturation, tf.float32), 0.0, 1.0)
+    image = tf.image.hsv_to_rgb(tf.stack([h, s, hsv[..., 2]], axis=-1)) * 255.0
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    return tf.clip_by_value(image * tf.where(contrast_first, 1.0, contrast), 0.0, 255.0)
+
+
+def photometric_distortion(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    brightness_delta: float = 32.0,
+    contrast_range: Sequence[float] = (0.5, 1.5),
+    saturation_range: Sequence[float] = (0.5, 1.5),
+    hue_delta: float = 18.0,
+) -> tf.Tensor:
+    """Random photometric distortion (as mmsegmentation's ``PhotoMetricDistortion``).
+
+    Each of brightness (± ``brightness_delta``), contrast (× U(``contrast_range``)),
+    saturation (× U(``saturation_range``)) and hue (± ``hue_delta`` of 180) is applied with
+    probability 1/2; contrast goes before or after the colour changes with probability 1/2.
+    A pure function of ``seed`` (int ``[2]``); apply it to the image only.
+
+    Returns:
+      float32 ``[H, W, 3]`` in [0, 255].
+    """
+    u = tf.random.stateless_uniform([9], seed=seed)
+
+    def maybe(p, value, identity):
+        return tf.where(p < 0.5, value, identity)
+
+    return adjust_photometric(
+        image,
+        brightness=maybe(u[0], brightness_delta * (2.0 * u[1] - 1.0), 0.0),
+        contrast=maybe(
+            u[2], contrast_range[0] + (contrast_range[1] - contrast_range[0]) * u[3], 1.0
+        ),
+        saturation=maybe(
+            u[4], saturation_range[0] + (saturation_range[1] - saturation_range[0]) * u[5], 1.0
+        ),
+        hue=maybe(u[6], hue_delta * (2.0 * u[7] - 1.0), 0.0),
+        contrast_first=u[8] < 0.5,
+    )
+
+
+def crop_offsets(
+    height: tf.Tensor, width: tf.Tensor, size: Sequence[int], uy: tf.Tensor, ux: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Top-left corner :func:`crop` uses for relative offsets ``uy, ux`` (same formula)."""
+    y0 = tf.cast(tf.floor(uy * tf.cast(height - size[0] + 1, tf.float32)), tf.int32)
+    x0 = tf.cast(tf.floor(ux * tf.cast(width - size[1] + 1, tf.float32)), tf.int32)
+    return y0, x0
+
+
+def crop_cat_max_ratio(
+    image: tf.Tensor,
+    mask: tf.Tensor,
+    size: Sequence[int],
+    seed: tf.Tensor,
+    cat_max_ratio: float = 0.75,
+    max_tries: int = 10,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random crop that avoids windows dominated by one class (mmsegmentation's ``RandomCrop``
+    with ``cat_max_ratio``).
+
+    Tries up to ``max_tries`` random windows and keeps the first in which more than one class
+    is present and no class covers more than ``cat_max_ratio`` of the labelled (non-255)
+    pixels; if none qualifies, the last window is used. ``cat_max_ratio >= 1`` is a plain
+    random crop. ``image`` and ``mask`` must already be at least ``size`` (see
+    :func:`pad_to_size`). A pure function of ``seed`` (int ``[2]``).
+
+    Returns:
+      ``(image [size[0], size[1], 3], mask [size[0], size[1]])``, cut at the same window.
+    """
+    u = tf.random.stateless_uniform([max_tries, 2], seed=seed)
+    if cat_max_ratio >= 1.0:
+        return crop(image, mask, size, u[0, 0], u[0, 1])
+    h, w = tf.shape(mask)[0], tf.shape(mask)[1]
+
+    def acceptable(i):
+        y0, x0 = crop_offsets(h, w, size, u[i, 0], u[i, 1])
+        window = tf.reshape(mask[y0 : y0 + size[0], x0 : x0 + size[1]], [-1])
+        counts = tf.math.bincount(
+            tf.cast(window, tf.int32), minlength=256, maxlength=256, dtype=tf.int32
+        )[:IGNORE_INDEX]
+        total = tf.cast(tf.reduce_sum(counts), tf.float32)
+        present = tf.math.count_nonzero(counts)
+        largest = tf.cast(tf.reduce_max(counts), tf.float32)
+        return tf.logical_and(present > 1, largest < cat_max_ratio * total)
+
+    def keep_looking(i):
+        return tf.logical_and(i < max_tries - 1, tf.logical_not(acceptable(i)))
+
+    (chosen,) = tf.while_loop(keep_looking, lambda i: (i + 1,), (tf.constant(0),))
+    return crop(image, mask, size, u[chosen, 0], u[chosen, 1])

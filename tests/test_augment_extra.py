@@ -1,0 +1,130 @@
+"""Photometric distortion and the class-balanced (cat_max_ratio) crop, eagerly and in tf.data."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from segjax import augment
+
+
+def _image(seed=0, h=6, w=7):
+    return tf.constant(np.random.default_rng(seed).uniform(0, 255, (h, w, 3)), tf.float32)
+
+
+def test_adjust_photometric_identity():
+    image = _image()
+    out = augment.adjust_photometric(image)
+    np.testing.assert_allclose(out.numpy(), image.numpy(), atol=1e-3)
+
+
+def test_brightness_and_contrast_clip():
+    image = tf.constant([[[10.0, 100.0, 250.0]]])
+    out = augment.adjust_photometric(image, brightness=20.0)
+    np.testing.assert_allclose(out.numpy(), [[[30.0, 120.0, 255.0]]], atol=1e-3)
+    out = augment.adjust_photometric(image, contrast=2.0)
+    np.testing.assert_allclose(out.numpy(), [[[20.0, 200.0, 255.0]]], atol=1e-3)
+
+
+def test_contrast_order_matters_only_when_clipping():
+    bright = tf.constant([[[200.0, 100.0, 50.0]]])
+
+    def both(image):
+        kw = {"contrast": 2.0, "saturation": 0.5}
+        first = augment.adjust_photometric(image, contrast_first=True, **kw).numpy()
+        last = augment.adjust_photometric(image, contrast_first=False, **kw).numpy()
+        return first, last
+
+    first, last = both(bright)
+    # first: (255, 200, 100) clipped, then half saturation: min = 255 * (1 - 0.304) = 177.5;
+    # last: half saturation of (200, 100, 50) gives min 125, doubled to 250.
+    np.testing.assert_allclose(first[0, 0, 2], 177.5, atol=0.1)
+    np.testing.assert_allclose(last[0, 0, 2], 250.0, atol=0.1)
+    first, last = both(tf.constant([[[100.0, 50.0, 25.0]]]))  # nothing clips: same result
+    np.testing.assert_allclose(first, last, atol=1e-3)
+
+
+def test_saturation_zero_is_gray_and_hue_half_turn_is_complement():
+    image = _image(1)
+    gray = augment.adjust_photometric(image, saturation=0.0).numpy()
+    np.testing.assert_allclose(gray[..., 0], gray[..., 1], atol=1e-3)
+    np.testing.assert_allclose(gray[..., 0], image.numpy().max(-1), atol=1e-2)  # HSV value
+    red = tf.constant([[[255.0, 0.0, 0.0]]])
+    cyan = augment.adjust_photometric(red, hue=90.0)  # 90 of 180 = half a turn
+    np.testing.assert_allclose(cyan.numpy(), [[[0.0, 255.0, 255.0]]], atol=1e-2)
+
+
+def test_photometric_distortion_is_a_pure_function_of_the_seed():
+    image = _image(2, 16, 16)
+    seeds = [tf.constant([0, i], tf.int64) for i in range(8)]
+    outs = [augment.photometric_distortion(image, s).numpy() for s in seeds]
+    again = augment.photometric_distortion(image, seeds[3]).numpy()
+    np.testing.assert_array_equal(outs[3], again)
+    assert len({o.tobytes() for o in outs}) > 4  # different seeds, different results
+    for o in outs:
+        assert o.dtype == np.float32 and o.min() >= 0 and o.max() <= 255
+
+
+def test_photometric_distortion_inside_tf_data_matches_eager():
+    image = _image(3, 8, 8)
+    ds = tf.data.Dataset.range(4).map(
+        lambda i: augment.photometric_distortion(image, tf.stack([tf.constant(5, tf.int64), i]))
+    )
+    for i, out in enumerate(ds.as_numpy_iterator()):
+        eager = augment.photometric_distortion(image, tf.constant([5, i], tf.int64))
+        np.testing.assert_allclose(out, eager.numpy(), atol=1e-4)
+
+
+def _dominated_mask(size=32):
+    """Class 1 everywhere except a 6x6 patch of class 2 in the bottom-right corner."""
+    mask = np.ones((size, size), np.uint8)
+    mask[-6:, -6:] = 2
+    mask[0, :] = 255
+    return mask
+
+
+def _ratio(mask):
+    labels = mask[mask != 255]
+    counts = np.bincount(labels)
+    return counts.max() / counts.sum(), np.count_nonzero(counts)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cat_max_ratio_crop_prefers_mixed_windows(seed):
+    mask_np = _dominated_mask()
+    # The image encodes each pixel's position, so the crop's window can be checked exactly.
+    yy, xx = np.mgrid[0:32, 0:32]
+    image = tf.constant(np.stack([yy, xx, yy * 0], -1), tf.float32)
+    mask = tf.constant(mask_np)
+    out_image, out_mask = augment.crop_cat_max_ratio(
+        image, mask, (12, 12), tf.constant([seed, 1], tf.int64), cat_max_ratio=0.95, max_tries=50
+    )
+    y0, x0 = int(out_image[0, 0, 0]), int(out_image[0, 0, 1])
+    np.testing.assert_array_equal(out_mask.numpy(), mask_np[y0 : y0 + 12, x0 : x0 + 12])
+    ratio, present = _ratio(out_mask.numpy())
+    assert present > 1 and ratio < 0.95
+
+
+def test_cat_max_ratio_falls_back_to_last_window():
+    mask = tf.ones((20, 20), tf.uint8)  # one class everywhere: no window qualifies
+    image = tf.zeros((20, 20, 3))
+    _, out = augment.crop_cat_max_ratio(image, mask, (8, 8), tf.constant([0, 0], tf.int64))
+    assert out.shape == (8, 8)
+
+
+def test_cat_max_ratio_one_is_a_plain_crop_and_inside_tf_data():
+    mask_np = _dominated_mask()
+    mask = tf.constant(mask_np)
+    image = tf.zeros((32, 32, 3))
+
+    def crop(i):
+        return augment.crop_cat_max_ratio(
+            image, mask, (12, 12), tf.stack([tf.constant(0, tf.int64), i]), cat_max_ratio=0.9
+        )[1]
+
+    for i, out in enumerate(tf.data.Dataset.range(3).map(crop).as_numpy_iterator()):
+        np.testing.assert_array_equal(out, crop(tf.constant(i, tf.int64)).numpy())
+    seed = tf.constant([0, 0], tf.int64)
+    u = tf.random.stateless_uniform([10, 2], seed=seed)
+    _, plain = augment.crop_cat_max_ratio(image, mask, (12, 12), seed, cat_max_ratio=1.0)
+    _, expected = augment.crop(image, mask, (12, 12), u[0, 0], u[0, 1])
+    np.testing.assert_array_equal(plain.numpy(), expected.numpy())
