@@ -10,10 +10,15 @@ Nothing is cached, so every image is decoded every time.
 ``--threads`` (default 1), ``images/s / threads``; and images per CPU-second actually used by
 the process (user + system time), which stays meaningful on a shared machine.
 
-Run:  python -m benchmarks.input_pipeline [--images 64] [--batches 40] [--threads 1]
+``--transform fast`` swaps in ``augment.train_transform_fast`` (same random draws and output,
+crop-first; needed for ``--photometric`` and ``--cat-max-ratio``).
+
+Run:  python -m benchmarks.input_pipeline [--transform fast] [--images 64] [--batches 40]
+      [--threads 1] [--photometric] [--cat-max-ratio 0.75]
 """
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -73,8 +78,18 @@ def write_dataset(root: str, count: int, seed: int = 0) -> None:
 def run(args) -> dict:
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    from segjax import augment, data, input_pipeline
     from segjax import config as config_lib
-    from segjax import data, input_pipeline
+
+    if args.transform == "fast":
+        # Same draws, same output (tests/test_augment_extra.py); swapped in for this process only.
+        augment.train_transform = functools.partial(
+            augment.train_transform_fast,
+            photometric=args.photometric,
+            cat_max_ratio=args.cat_max_ratio,
+        )
+    elif args.photometric or args.cat_max_ratio < 1:
+        raise SystemExit("--photometric / --cat-max-ratio need --transform fast")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "voc_like")
@@ -112,6 +127,8 @@ def run(args) -> dict:
         "batch_size": args.batch_size,
         "threads": args.threads,
         "photometric": args.photometric,
+        "cat_max_ratio": args.cat_max_ratio,
+        "transform": args.transform,
         "images": n,
         "wall_s": round(wall, 2),
         "images_per_s": round(n / wall, 1),
@@ -130,6 +147,13 @@ def main():
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1, help="tf.data and TF op threads")
     parser.add_argument("--photometric", action="store_true", help="enable photometric distortion")
+    parser.add_argument("--cat-max-ratio", type=float, default=1.0, help="< 1: class-balanced crop")
+    parser.add_argument(
+        "--transform",
+        choices=("reference", "fast"),
+        default="reference",
+        help="augment.train_transform as it is, or augment.train_transform_fast in its place",
+    )
     print(json.dumps(run(parser.parse_args())))
 
 

@@ -8,6 +8,7 @@ class ids with 255 = ignore.
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 IGNORE_INDEX = 255
@@ -253,3 +254,88 @@ def crop_cat_max_ratio(
 
     (chosen,) = tf.while_loop(keep_looking, lambda i: (i + 1,), (tf.constant(0),))
     return crop(image, mask, size, u[chosen, 0], u[chosen, 1])
+
+
+def train_transform_fast(
+    image: tf.Tensor,
+    mask: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    crop_size: Sequence[int],
+    scale_range: Sequence[float] = (0.5, 2.0),
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    photometric: bool = False,
+    cat_max_ratio: float = 1.0,
+    max_tries: int = 10,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """:func:`train_transform` with the same random draws and the same output (up to float
+    rounding), about twice as fast on CPU.
+
+    The resize is the same :func:`random_scale`; the rest avoids TensorFlow's slow paths: the
+    crop window is cut from the unpadded resized image, normalised with full-size constant
+    arrays (per-channel broadcasting is several times slower than an elementwise op), padded
+    with zeros (= the normalised mean; mask 255) and flipped with ``tf.reverse`` instead of a
+    negative-stride slice.
+
+    Extras: ``photometric`` applies :func:`photometric_distortion` to the crop window (seeded
+    from ``seed``; it costs more than the rest together); ``cat_max_ratio < 1`` re-draws the
+    window (up to ``max_tries``, the first draw being the plain one) until no class covers
+    more than that fraction of its labelled pixels, as :func:`crop_cat_max_ratio`.
+
+    Returns:
+      ``(image float32 [h, w, 3] normalised, mask uint8 [h, w])``.
+    """
+    ch, cw = int(crop_size[0]), int(crop_size[1])
+    u = tf.random.stateless_uniform([4], seed=seed)
+    image = tf.cast(image, tf.float32)
+    lo, hi = scale_range
+    if (lo, hi) != (1.0, 1.0):
+        image, mask = random_scale(image, mask, lo + (hi - lo) * u[0])
+    h, w = tf.shape(mask)[0], tf.shape(mask)[1]
+    padded_h, padded_w = tf.maximum(h, ch), tf.maximum(w, cw)
+    out_h, out_w = tf.minimum(h, ch), tf.minimum(w, cw)
+
+    def window(tensor, uy, ux):
+        y0, x0 = crop_offsets(padded_h, padded_w, (ch, cw), uy, ux)
+        return tensor[y0 : y0 + out_h, x0 : x0 + out_w]
+
+    uy, ux = u[1], u[2]
+    if cat_max_ratio < 1.0:
+        tries = tf.random.stateless_uniform([max_tries, 2], seed=tf.stack([seed[0], seed[1] + 7]))
+        tries = tf.concat([u[None, 1:3], tries[1:]], axis=0)
+
+        def acceptable(i):
+            labels = tf.reshape(window(mask, tries[i, 0], tries[i, 1]), [-1])
+            counts = tf.math.bincount(
+                tf.cast(labels, tf.int32), minlength=256, maxlength=256, dtype=tf.int32
+            )[:IGNORE_INDEX]
+            total = tf.cast(tf.reduce_sum(counts), tf.float32)
+            largest = tf.cast(tf.reduce_max(counts), tf.float32)
+            return tf.logical_and(
+                tf.math.count_nonzero(counts) > 1, largest < cat_max_ratio * total
+            )
+
+        (chosen,) = tf.while_loop(
+            lambda i: tf.logical_and(i < max_tries - 1, tf.logical_not(acceptable(i))),
+            lambda i: (i + 1,),
+            (tf.constant(0),),
+        )
+        uy, ux = tries[chosen, 0], tries[chosen, 1]
+    image, mask = window(image, uy, ux), window(mask, uy, ux)
+    if photometric:
+        image = photometric_distortion(image, tf.stack([seed[0], seed[1] + 11]))
+    scale = np.broadcast_to(1.0 / np.asarray(std, np.float32), (ch, cw, 3))
+    shift = np.broadcast_to(
+        -np.asarray(mean, np.float32) / np.asarray(std, np.float32), (ch, cw, 3)
+    )
+    image = image * tf.constant(scale)[:out_h, :out_w] + tf.constant(shift)[:out_h, :out_w]
+    pad = [[0, ch - out_h], [0, cw - out_w]]
+    image = tf.pad(image, pad + [[0, 0]])
+    mask = tf.pad(mask, pad, constant_values=IGNORE_INDEX)
+    if hflip:
+        do_flip = u[3] < 0.5
+        image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
+        mask = tf.cond(do_flip, lambda: tf.reverse(mask, [1]), lambda: mask)
+    return tf.ensure_shape(image, [ch, cw, 3]), tf.ensure_shape(mask, [ch, cw])

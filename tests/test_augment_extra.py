@@ -128,3 +128,49 @@ def test_cat_max_ratio_one_is_a_plain_crop_and_inside_tf_data():
     _, plain = augment.crop_cat_max_ratio(image, mask, (12, 12), seed, cat_max_ratio=1.0)
     _, expected = augment.crop(image, mask, (12, 12), u[0, 0], u[0, 1])
     np.testing.assert_array_equal(plain.numpy(), expected.numpy())
+
+
+@pytest.mark.parametrize("hw", [(37, 50), (20, 15), (64, 40)])
+@pytest.mark.parametrize("scale_range", [(0.5, 2.0), (1.0, 1.0)])
+def test_fast_train_transform_equals_train_transform(hw, scale_range):
+    rng = np.random.default_rng(hw[0])
+    image = tf.constant(rng.integers(0, 256, (*hw, 3)), tf.uint8)
+    mask = tf.constant(rng.integers(0, 5, hw), tf.uint8)
+    for i in range(12):
+        seed = tf.constant([3, i], tf.int64)
+        kw = {"crop_size": (24, 32), "scale_range": scale_range}
+        ref_image, ref_mask = augment.train_transform(image, mask, seed, **kw)
+        image_out, mask_out = augment.train_transform_fast(image, mask, seed, **kw)
+        np.testing.assert_allclose(image_out.numpy(), ref_image.numpy(), atol=1e-3)
+        np.testing.assert_array_equal(mask_out.numpy(), ref_mask.numpy())
+
+
+def test_fast_transform_keeps_image_and_mask_aligned_with_extras():
+    # The mask is derived from the image (class = bright or dark); after the joint geometric
+    # ops they must still agree away from edges, whatever photometric does to the colours.
+    yy, xx = np.mgrid[0:40, 0:60]
+    bright = ((xx // 10 + yy // 10) % 2).astype(np.uint8)
+    image = tf.constant(np.repeat(bright[..., None] * 200 + 20, 3, -1), tf.uint8)
+    mask = tf.constant(bright)
+
+    def transform(i):
+        return augment.train_transform_fast(
+            image,
+            mask,
+            tf.stack([tf.constant(1, tf.int64), i]),
+            crop_size=(32, 32),
+            photometric=False,
+            cat_max_ratio=0.75,
+        )
+
+    for out_image, out_mask in tf.data.Dataset.range(6).map(transform).as_numpy_iterator():
+        valid = out_mask != 255
+        predicted = out_image.mean(-1) > (out_image.mean(-1)[valid].mean())
+        agree = (predicted[valid] == (out_mask[valid] == 1)).mean()
+        assert agree > 0.85
+        labels = out_mask[valid]
+        assert np.bincount(labels).max() / labels.size < 0.75 or len(np.unique(labels)) == 1
+    out_image, _ = augment.train_transform_fast(
+        image, mask, tf.constant([0, 0], tf.int64), crop_size=(32, 32), photometric=True
+    )
+    assert out_image.shape == (32, 32, 3)
