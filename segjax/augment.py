@@ -158,11 +158,22 @@ def adjust_photometric(
     contrast_first = tf.convert_to_tensor(contrast_first, tf.bool)
     image = tf.clip_by_value(image + brightness, 0.0, 255.0)
     image = tf.clip_by_value(image * tf.where(contrast_first, contrast, 1.0), 0.0, 255.0)
-    hsv = tf.image.rgb_to_hsv(image / 255.0)
-    h = tf.math.floormod(hsv[..., 0] + tf.cast(hue, tf.float32) / 180.0, 1.0)
-    s = tf.clip_by_value(hsv[..., 1] * tf.cast(saturation, tf.float32), 0.0, 1.0)
-    image = tf.image.hsv_to_rgb(tf.stack([h, s, hsv[..., 2]], axis=-1)) * 255.0
-    image = tf.clip_by_value(image, 0.0, 255.0)
+    saturation = tf.cast(saturation, tf.float32)
+    hue = tf.cast(hue, tf.float32)
+
+    def colour(image):
+        hsv = tf.image.rgb_to_hsv(image / 255.0)
+        h = tf.math.floormod(hsv[..., 0] + hue / 180.0, 1.0)
+        s = tf.clip_by_value(hsv[..., 1] * saturation, 0.0, 1.0)
+        image = tf.image.hsv_to_rgb(tf.stack([h, s, hsv[..., 2]], axis=-1)) * 255.0
+        return tf.clip_by_value(image, 0.0, 255.0)
+
+    # The HSV round trip is the expensive part: skip it when it would change nothing.
+    image = tf.cond(
+        tf.logical_or(tf.not_equal(saturation, 1.0), tf.not_equal(hue, 0.0)),
+        lambda: colour(image),
+        lambda: image,
+    )
     return tf.clip_by_value(image * tf.where(contrast_first, 1.0, contrast), 0.0, 255.0)
 
 
