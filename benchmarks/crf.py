@@ -5,14 +5,16 @@ Run (from the repository root):
     /work/venv/bin/python -m benchmarks.crf                      # 1 x 512 x 512 x 21, defaults
     /work/venv/bin/python -m benchmarks.crf --size 256 --classes 21 --batch 2 --repeats 3
 
-Prints compile time, the median steady-state time per call, time per image and per iteration,
-and memory: XLA's planned temporary buffer size for the compiled call and the process's peak
-resident set size (``ru_maxrss``, which also counts JAX/XLA itself; the baseline before the
-first call is printed alongside so the difference is visible).
+Prints compile time; median wall time and process CPU time per call (the machine is shared,
+so CPU time is the steadier number); the cost per iteration (difference against a 1-iteration
+run) and of the set-up; and memory: XLA's planned temporary buffer size for the compiled call
+and the process's peak resident set size (``ru_maxrss``, which also counts JAX/XLA itself; the
+baseline before the first compile is printed alongside so the difference is visible).
 """
 
 import argparse
 import dataclasses
+import os
 import resource
 import statistics
 import time
@@ -60,32 +62,43 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
     print(f"input {args.batch}x{args.size}x{args.size}x{args.classes}, {params}")
     rss_before = _rss_mib()
+    load_before = os.getloadavg()
 
-    fn = jax.jit(lambda x, im: crf.mean_field(crf.unary_from_logits(x), im, params))
-    start = time.perf_counter()
-    compiled = fn.lower(logits, images).compile()
-    compile_s = time.perf_counter() - start
-    mem = compiled.memory_analysis()
-    temp_mib = getattr(mem, "temp_size_in_bytes", float("nan")) / 2**20 if mem else float("nan")
-
-    times = []
-    for _ in range(args.repeats):
+    def measure(iterations):
+        p = dataclasses.replace(params, iterations=iterations)
+        fn = jax.jit(lambda x, im: crf.mean_field(crf.unary_from_logits(x), im, p))
         start = time.perf_counter()
-        out = compiled(logits, images)
-        out.block_until_ready()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    per_image = median / args.batch
-    per_iter = per_image / max(args.iterations, 1)
-    print(f"compile {compile_s:.1f} s; run times {', '.join(f'{t:.2f}' for t in times)} s")
+        compiled = fn.lower(logits, images).compile()
+        compile_s = time.perf_counter() - start
+        compiled(logits, images).block_until_ready()  # warm-up
+        walls, cpus = [], []
+        for _ in range(args.repeats):
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            compiled(logits, images).block_until_ready()
+            walls.append(time.perf_counter() - wall0)
+            cpus.append(time.process_time() - cpu0)
+        return compiled, compile_s, statistics.median(walls), statistics.median(cpus)
+
+    compiled, compile_s, wall, cpu = measure(args.iterations)
+    # With 0 iterations XLA drops the kernels entirely, so difference against 1 iteration.
+    _, _, wall1, cpu1 = measure(1)
+    extra = max(args.iterations - 1, 1)
+    wall_it, cpu_it = (wall - wall1) / extra, (cpu - cpu1) / extra
+    mem = compiled.memory_analysis()
+    temp_mib = mem.temp_size_in_bytes / 2**20 if mem is not None else float("nan")
+    print(f"load average before/after: {load_before} / {os.getloadavg()} on {os.cpu_count()} CPUs")
+    print(f"compile {compile_s:.1f} s")
     print(
-        f"RESULT median {median:.2f} s/call, {per_image:.2f} s/image, "
-        f"{per_iter * 1e3:.0f} ms/iteration/image (includes grid set-up and normalisation)"
+        f"RESULT {args.iterations} iterations: median wall {wall:.2f} s/call "
+        f"({wall / args.batch:.2f} s/image), process CPU time {cpu:.2f} s/call; "
+        f"per iteration per image wall {wall_it / args.batch * 1e3:.0f} ms, "
+        f"CPU {cpu_it / args.batch * 1e3:.0f} ms; set-up (grid, normalisation, first messages) "
+        f"wall {(wall1 - wall_it) / args.batch:.2f} s, CPU {(cpu1 - cpu_it) / args.batch:.2f} s"
     )
     print(
         f"MEMORY XLA temp buffers {temp_mib:.0f} MiB; peak RSS {_rss_mib():.0f} MiB "
-        f"(before first compile {rss_before:.0f} MiB); "
-        f"input logits {logits.nbytes / 2**20:.0f} MiB"
+        f"(before first compile {rss_before:.0f} MiB); input logits {logits.nbytes / 2**20:.0f} "
+        f"MiB; a dense N x N float32 kernel would need {(args.size**2) ** 2 * 4 / 2**30:.0f} GiB"
     )
     print("fields:", {f.name: getattr(params, f.name) for f in dataclasses.fields(params)})
 

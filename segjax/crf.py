@@ -206,20 +206,20 @@ def _gauss_taps(sigma: float, radius: int) -> np.ndarray:
 
 def _filter_axis(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
     """Zero-padded 'same' correlation of ``x`` with symmetric ``taps`` along ``axis``."""
-    radius = (len(taps) - 1) // 2
+    radius = min((len(taps) - 1) // 2, x.shape[axis] - 1)
+    centre = (len(taps) - 1) // 2
+    taps = jnp.asarray(taps[centre - radius : centre + radius + 1], jnp.float32)
     size = x.shape[axis]
-    radius_eff = min(radius, size - 1)
-    if radius_eff == 0:
-        return x * float(taps[radius])
     pad = [(0, 0)] * x.ndim
-    pad[axis] = (radius_eff, radius_eff)
-    xp = jnp.pad(x, pad)
-    out = None
-    for offset in range(-radius_eff, radius_eff + 1):
-        piece = jax.lax.slice_in_dim(xp, radius_eff + offset, radius_eff + offset + size, axis=axis)
-        term = piece * float(taps[radius + offset])
-        out = term if out is None else out + term
-    return out
+    pad[axis] = (radius, radius)
+    padded = jnp.pad(x, pad)
+
+    # A loop over taps rather than an unrolled sum of shifted slices: unrolled, XLA keeps every
+    # shifted copy alive when a softmax follows (about 40 full-size buffers at 512x512x21).
+    def add_tap(k, acc):
+        return acc + taps[k] * jax.lax.dynamic_slice_in_dim(padded, k, size, axis=axis)
+
+    return jax.lax.fori_loop(0, 2 * radius + 1, add_tap, jnp.zeros_like(x))
 
 
 def _band_matrix(taps: np.ndarray, size: int) -> np.ndarray:
