@@ -104,6 +104,43 @@ def test_bilinear_layer_upsamples_constant_in_interior(factor):
     np.testing.assert_allclose(out[0, lo:hi, lo:hi], 3.0, rtol=1e-6)
 
 
+def _scatter_add_reference(x, torch_weight, factor):
+    """PyTorch/Caffe ConvTranspose2d (no padding) by definition: out[f·i + t] += x[i]·W[:, :, t]."""
+    n_h, n_w, c_in = x.shape[1:]
+    _, c_out, k, _ = torch_weight.shape
+    out = np.zeros((x.shape[0], (n_h - 1) * factor + k, (n_w - 1) * factor + k, c_out))
+    for i in range(n_h):
+        for j in range(n_w):
+            patch = np.einsum("bc,cohw->bhwo", x[:, i, j], torch_weight)
+            out[:, factor * i : factor * i + k, factor * j : factor * j + k] += patch
+    return out
+
+
+@pytest.mark.parametrize("impl", ["conv_transpose", "subpixel"])
+@pytest.mark.parametrize("factor", [2, 3, 8])
+def test_transposed_conv_semantics_and_torch_layout(impl, factor):
+    rng = np.random.default_rng(factor)
+    k = 2 * factor - factor % 2
+    x = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
+    torch_weight = rng.normal(size=(3, 3, k, k)).astype(np.float32)  # [in, out, kh, kw]
+    kernel = jnp.asarray(torch_weight.transpose(2, 3, 1, 0))  # HWOI, as documented
+    out = BilinearConvTranspose(factor, impl=impl).apply({"params": {"kernel": kernel}}, x)
+    np.testing.assert_allclose(out, _scatter_add_reference(x, torch_weight, factor), atol=1e-4)
+
+
+def test_fcn8s_subpixel_upsampling_equals_conv_transpose():
+    x = jax.random.normal(jax.random.key(0), (1, 29, 35, 3))
+    base = models.create("fcn8s_vgg16_tiny", num_classes=3)
+    variables = host_init(base, x)
+    fast = models.create("fcn8s_vgg16_tiny", num_classes=3, upsample_impl="subpixel")
+    np.testing.assert_allclose(
+        jax.jit(fast.apply)(variables, x)["out"],
+        jax.jit(base.apply)(variables, x)["out"],
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
 def _constant_score_variables(model, x, values):
     """Fresh (bilinear) upsampling, zero ``score_fr`` kernel and a per-class constant bias."""
     variables = host_init(model, x)
