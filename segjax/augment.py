@@ -284,10 +284,11 @@ def train_transform_fast(
     """:func:`train_transform` with the same random draws and the same output (up to float
     rounding), about twice as fast on CPU.
 
-    The resize is the same :func:`random_scale`; the rest avoids TensorFlow's slow paths: the
-    crop window is cut from the unpadded resized image, normalised with full-size constant
-    arrays (per-channel broadcasting is several times slower than an elementwise op), padded
-    with zeros (= the normalised mean; mask 255) and flipped with ``tf.reverse`` instead of a
+    The image resize is the same as :func:`random_scale`'s; the rest avoids TensorFlow's slow
+    paths: the mask is resampled (nearest, same rule) only inside the crop window, the window
+    is cut from the unpadded resized image, normalised with full-size constant arrays
+    (per-channel broadcasting is several times slower than an elementwise op), padded with
+    zeros (= the normalised mean; mask 255) and flipped with ``tf.reverse`` instead of a
     negative-stride slice.
 
     Extras: ``photometric`` applies :func:`photometric_distortion` to the crop window (seeded
@@ -301,24 +302,43 @@ def train_transform_fast(
     ch, cw = int(crop_size[0]), int(crop_size[1])
     u = tf.random.stateless_uniform([4], seed=seed)
     image = tf.cast(image, tf.float32)
+    src_h, src_w = tf.shape(mask)[0], tf.shape(mask)[1]
     lo, hi = scale_range
     if (lo, hi) != (1.0, 1.0):
-        image, mask = random_scale(image, mask, lo + (hi - lo) * u[0])
-    h, w = tf.shape(mask)[0], tf.shape(mask)[1]
+        # Same size and bilinear resize as random_scale; the mask is resized only inside the
+        # crop window below (nearest-neighbour on the full mask costs more than all the rest).
+        size = tf.cast(tf.stack([src_h, src_w]), tf.float32)
+        new_size = tf.maximum(tf.cast(tf.round(size * (lo + (hi - lo) * u[0])), tf.int32), 1)
+        image = tf.image.resize(image, new_size, method="bilinear")
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    # tf.image.resize's nearest rule: source = floor((out + 0.5) * in / out), in float32.
+    inverse_h = tf.cast(src_h, tf.float32) / tf.cast(h, tf.float32)
+    inverse_w = tf.cast(src_w, tf.float32) / tf.cast(w, tf.float32)
     padded_h, padded_w = tf.maximum(h, ch), tf.maximum(w, cw)
     out_h, out_w = tf.minimum(h, ch), tf.minimum(w, cw)
 
-    def window(tensor, uy, ux):
+    def nearest(start, length, inverse, limit):
+        pos = tf.cast(tf.range(start, start + length), tf.float32) + 0.5
+        return tf.minimum(tf.cast(tf.floor(pos * inverse), tf.int32), limit - 1)
+
+    def mask_window(uy, ux):
         y0, x0 = crop_offsets(padded_h, padded_w, (ch, cw), uy, ux)
-        return tensor[y0 : y0 + out_h, x0 : x0 + out_w]
+        rows = nearest(y0, out_h, inverse_h, src_h)
+        cols = nearest(x0, out_w, inverse_w, src_w)
+        return tf.gather(tf.gather(mask, rows, axis=0), cols, axis=1)
+
+    def image_window(uy, ux):
+        y0, x0 = crop_offsets(padded_h, padded_w, (ch, cw), uy, ux)
+        return image[y0 : y0 + out_h, x0 : x0 + out_w]
 
     uy, ux = u[1], u[2]
     if cat_max_ratio < 1.0:
-        tries = tf.random.stateless_uniform([max_tries, 2], seed=tf.stack([seed[0], seed[1] + 7]))
+        retry_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        tries = tf.random.stateless_uniform([max_tries, 2], seed=retry_seed)
         tries = tf.concat([u[None, 1:3], tries[1:]], axis=0)
 
         def acceptable(i):
-            labels = tf.reshape(window(mask, tries[i, 0], tries[i, 1]), [-1])
+            labels = tf.reshape(mask_window(tries[i, 0], tries[i, 1]), [-1])
             counts = tf.math.bincount(
                 tf.cast(labels, tf.int32), minlength=256, maxlength=256, dtype=tf.int32
             )[:IGNORE_INDEX]
@@ -334,9 +354,9 @@ def train_transform_fast(
             (tf.constant(0),),
         )
         uy, ux = tries[chosen, 0], tries[chosen, 1]
-    image, mask = window(image, uy, ux), window(mask, uy, ux)
+    image, mask = image_window(uy, ux), mask_window(uy, ux)
     if photometric:
-        image = photometric_distortion(image, tf.stack([seed[0], seed[1] + 11]))
+        image = photometric_distortion(image, tf.random.experimental.stateless_fold_in(seed, 2))
     scale = np.broadcast_to(1.0 / np.asarray(std, np.float32), (ch, cw, 3))
     shift = np.broadcast_to(
         -np.asarray(mean, np.float32) / np.asarray(std, np.float32), (ch, cw, 3)

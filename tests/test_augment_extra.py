@@ -174,3 +174,18 @@ def test_fast_transform_keeps_image_and_mask_aligned_with_extras():
         image, mask, tf.constant([0, 0], tf.int64), crop_size=(32, 32), photometric=True
     )
     assert out_image.shape == (32, 32, 3)
+
+
+def test_fast_transform_with_extras_is_a_pure_function_of_the_seed():
+    rng = np.random.default_rng(7)
+    image = tf.constant(rng.integers(0, 256, (30, 40, 3)), tf.uint8)
+    mask = tf.constant(rng.integers(0, 3, (30, 40)), tf.uint8)
+    kw = {"crop_size": (16, 16), "photometric": True, "cat_max_ratio": 0.6}
+    runs = [
+        augment.train_transform_fast(image, mask, tf.constant([2, i % 3], tf.int64), **kw)
+        for i in range(6)
+    ]
+    for a, b in zip(runs[:3], runs[3:]):
+        np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+        np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
+    assert not np.array_equal(runs[0][0].numpy(), runs[1][0].numpy())
