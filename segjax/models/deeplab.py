@@ -173,9 +173,9 @@ class ASPP(nn.Module):
                 )
             )
         pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
-        pooled = ConvBN(
-            self.features, 1, dtype=self.dtype, name=f"convs_{len(self.rates) + 1}"
-        )(pooled, train=train)
+        pooled = ConvBN(self.features, 1, dtype=self.dtype, name=f"convs_{len(self.rates) + 1}")(
+            pooled, train=train
+        )
         # Bilinear upsampling of a 1×1 map is a broadcast.
         branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], self.features)))
         y = jnp.concatenate(branches, axis=-1)
@@ -273,14 +273,20 @@ class DeepLabV3(nn.Module):
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         size = images.shape[1:3]
         net, keys = build_backbone(
-            self.backbone, output_stride=self.output_stride, multi_grid=self.multi_grid,
+            self.backbone,
+            output_stride=self.output_stride,
+            multi_grid=self.multi_grid,
             dtype=self.dtype,
         )
         feats = net(images, train=train)
         rates = self.rates if self.rates is not None else default_rates(self.output_stride)
         out = DeepLabHead(
-            self.num_classes, tuple(rates), self.aspp_features, self.head_conv,
-            dtype=self.dtype, name="classifier",
+            self.num_classes,
+            tuple(rates),
+            self.aspp_features,
+            self.head_conv,
+            dtype=self.dtype,
+            name="classifier",
         )(feats[keys["out"]], train=train)
         result = {"out": _upsample_logits(out, size)}
         if self.aux:
@@ -327,14 +333,16 @@ class DeepLabV3Plus(nn.Module):
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         size = images.shape[1:3]
         net, keys = build_backbone(
-            self.backbone, output_stride=self.output_stride, multi_grid=self.multi_grid,
+            self.backbone,
+            output_stride=self.output_stride,
+            multi_grid=self.multi_grid,
             dtype=self.dtype,
         )
         feats = net(images, train=train)
         rates = self.rates if self.rates is not None else default_rates(self.output_stride)
-        x = ASPP(
-            tuple(rates), self.aspp_features, self.separable, 0.1, self.dtype, name="aspp"
-        )(feats[keys["out"]], train=train)
+        x = ASPP(tuple(rates), self.aspp_features, self.separable, 0.1, self.dtype, name="aspp")(
+            feats[keys["out"]], train=train
+        )
         low = ConvBN(self.low_level_features, 1, dtype=self.dtype, name="low_level_project")(
             feats[keys["low"]], train=train
         )
@@ -375,11 +383,13 @@ class DeepLabV2(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        size = images.shape[1:3]
-        net, keys = build_backbone(self.backbone, output_stride=self.output_stride, dtype=self.dtype)
-        x = net(images, train=train)[keys["out"]]
         if self.output_stride not in (8, 16):
             raise ValueError(f"DeepLabV2: output_stride must be 8 or 16, got {self.output_stride}")
+        size = images.shape[1:3]
+        net, keys = build_backbone(
+            self.backbone, output_stride=self.output_stride, dtype=self.dtype
+        )
+        x = net(images, train=train)[keys["out"]]
         rates = self.rates
         if rates is None:
             rates = tuple(r * 8 // self.output_stride for r in (6, 12, 18, 24))
@@ -457,10 +467,11 @@ class LargeFOVTrunk(nn.Module):
 class DeepLabV1(nn.Module):
     """DeepLab v1 LargeFOV on VGG16 (Chen et al. 2015).
 
-    :class:`LargeFOVTrunk` (VGG16 convs, DeepLab's pooling, conv5 at rate 2), then fc6 as a 3×3 conv with 1024 channels at rate 12, fc7 1×1 with 1024,
-    each with ReLU and dropout 0.5, and fc8 (1×1 to classes). Output stride 8; with
-    ``output_stride=16`` pool4 keeps stride 2, conv5 is dense and fc6 uses rate 6 (same field of
-    view). Logits are bilinearly upsampled to the input size.
+    :class:`LargeFOVTrunk` (VGG16 convs, DeepLab's pooling, conv5 at rate 2), then fc6 as a 3×3
+    conv with 1024 channels at rate 12, fc7 1×1 with 1024 (each with ReLU and dropout 0.5) and
+    fc8 (1×1 to classes). Output stride 8; with ``output_stride=16`` pool4 keeps stride 2,
+    conv5 is dense and fc6 uses rate 6 (same field of view). Logits are bilinearly upsampled to
+    the input size.
 
     Attributes:
       num_classes: output channels.
@@ -485,12 +496,19 @@ class DeepLabV1(nn.Module):
         rate = 12 * 8 // self.output_stride
         conv = functools.partial(nn.Conv, dtype=self.dtype)
         x = conv(
-            self.fc_features, (3, 3), padding=((rate, rate),) * 2, kernel_dilation=(rate, rate),
+            self.fc_features,
+            (3, 3),
+            padding=((rate, rate),) * 2,
+            kernel_dilation=(rate, rate),
             name="fc6",
         )(x)
         x = nn.Dropout(0.5, deterministic=not train)(nn.relu(x))
-        x = nn.Dropout(0.5, deterministic=not train)(nn.relu(conv(self.fc_features, (1, 1), name="fc7")(x)))
-        out = conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), name="fc8")(x)
+        x = nn.Dropout(0.5, deterministic=not train)(
+            nn.relu(conv(self.fc_features, (1, 1), name="fc7")(x))
+        )
+        out = conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), name="fc8")(
+            x
+        )
         return {"out": _upsample_logits(out, size)}
 
 
@@ -517,13 +535,16 @@ MODELS = {
         DeepLabV3, backbone="resnet_tiny", multi_grid=(1, 2, 4), **_TINY_HEAD
     ),
     "deeplabv3_mobilenet_v3_large_tiny": functools.partial(
-        DeepLabV3, backbone="mobilenet_v3_large_tiny", output_stride=16, rates=(12, 24, 36),
+        DeepLabV3,
+        backbone="mobilenet_v3_large_tiny",
+        output_stride=16,
+        rates=(12, 24, 36),
         **_TINY_HEAD,
     ),
     "deeplabv3plus_tiny": functools.partial(
         DeepLabV3Plus, backbone="resnet_tiny", aux=True, low_level_features=8, **_TINY_HEAD
     ),
-    "deeplabv3plus_xception_tiny": functools.partial(
+    "deeplabv3plus_xception65_tiny": functools.partial(
         DeepLabV3Plus, backbone="xception_tiny", low_level_features=8, **_TINY_HEAD
     ),
     "deeplabv3plus_mobilenetv2_tiny": functools.partial(

@@ -97,7 +97,9 @@ class PSPNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         size = images.shape[1:3]
-        net, keys = build_backbone(self.backbone, output_stride=self.output_stride, dtype=self.dtype)
+        net, keys = build_backbone(
+            self.backbone, output_stride=self.output_stride, dtype=self.dtype
+        )
         feats = net(images, train=train)
         x = PyramidPooling(tuple(self.bins), dtype=self.dtype, name="ppm")(
             feats[keys["out"]], train=train

@@ -119,7 +119,9 @@ class InvertedResidualV2(nn.Module):
         hidden = int(round(self.in_channels * self.expand_ratio))
         y, j = x, 0
         if self.expand_ratio != 1:
-            y = ConvNormAct(hidden, 1, act=relu6, dtype=self.dtype, name=f"conv_{j}")(y, train=train)
+            y = ConvNormAct(hidden, 1, act=relu6, dtype=self.dtype, name=f"conv_{j}")(
+                y, train=train
+            )
             j += 1
         y = ConvNormAct(
             hidden,
@@ -183,7 +185,9 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         if self.output_stride not in (8, 16, 32):
-            raise ValueError(f"MobileNetV2: output_stride must be 8, 16 or 32, got {self.output_stride}")
+            raise ValueError(
+                f"MobileNetV2: output_stride must be 8, 16 or 32, got {self.output_stride}"
+            )
         channels = make_divisible(32 * self.width_mult)
         x = ConvNormAct(channels, 3, 2, act=relu6, dtype=self.dtype, name="features_0")(
             x.astype(self.dtype), train=train
