@@ -14,7 +14,7 @@ the process (user + system time), which stays meaningful on a shared machine.
 crop-first; needed for ``--photometric`` and ``--cat-max-ratio``).
 
 Run:  python -m benchmarks.input_pipeline [--transform fast] [--images 64] [--batches 40]
-      [--threads 1] [--photometric] [--cat-max-ratio 0.75]
+      [--threads 1] [--photometric [--colour-model yiq|hsv]] [--cat-max-ratio 0.75]
 """
 
 import argparse
@@ -86,6 +86,7 @@ def run(args) -> dict:
         augment.train_transform = functools.partial(
             augment.train_transform_fast,
             photometric=args.photometric,
+            colour_model=args.colour_model,
             cat_max_ratio=args.cat_max_ratio,
         )
     elif args.photometric or args.cat_max_ratio < 1:
@@ -127,6 +128,7 @@ def run(args) -> dict:
         "batch_size": args.batch_size,
         "threads": args.threads,
         "photometric": args.photometric,
+        "colour_model": args.colour_model if args.photometric else None,
         "cat_max_ratio": args.cat_max_ratio,
         "transform": args.transform,
         "images": n,
@@ -147,6 +149,7 @@ def main():
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1, help="tf.data and TF op threads")
     parser.add_argument("--photometric", action="store_true", help="enable photometric distortion")
+    parser.add_argument("--colour-model", choices=("yiq", "hsv"), default="yiq")
     parser.add_argument("--cat-max-ratio", type=float, default=1.0, help="< 1: class-balanced crop")
     parser.add_argument(
         "--transform",

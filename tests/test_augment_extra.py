@@ -53,6 +53,27 @@ def test_saturation_zero_is_gray_and_hue_half_turn_is_complement():
     np.testing.assert_allclose(cyan.numpy(), [[[0.0, 255.0, 255.0]]], atol=1e-2)
 
 
+def test_yiq_colour_model():
+    image = _image(4)
+    same = augment.adjust_photometric(image, saturation=1.0, hue=0.0, colour_model="yiq")
+    np.testing.assert_allclose(same.numpy(), image.numpy(), atol=1e-3)
+    # A non-trivial change that is the identity: a full turn of hue (180 OpenCV units).
+    turn = augment.adjust_photometric(image, saturation=1.0, hue=180.0, colour_model="yiq")
+    np.testing.assert_allclose(turn.numpy(), image.numpy(), atol=1e-2)
+    luma = image.numpy() @ np.array([0.299, 0.587, 0.114], np.float32)
+    gray = augment.adjust_photometric(image, saturation=0.0, colour_model="yiq").numpy()
+    for c in range(3):
+        np.testing.assert_allclose(gray[..., c], np.clip(luma, 0, 255), atol=1e-2)
+    # Hue rotation keeps luma (where nothing clips) and changes the colour.
+    mid = tf.constant([[[150.0, 110.0, 90.0]]])
+    rotated = augment.adjust_photometric(mid, hue=30.0, colour_model="yiq").numpy()
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    np.testing.assert_allclose(rotated @ weights, mid.numpy() @ weights, atol=1e-2)
+    assert np.abs(rotated - mid.numpy()).max() > 10
+    with pytest.raises(ValueError, match=r"colour_model='lab'"):
+        augment.adjust_photometric(mid, hue=1.0, colour_model="lab")
+
+
 def test_photometric_distortion_is_a_pure_function_of_the_seed():
     image = _image(2, 16, 16)
     seeds = [tf.constant([0, i], tf.int64) for i in range(8)]
@@ -180,7 +201,7 @@ def test_fast_transform_with_extras_is_a_pure_function_of_the_seed():
     rng = np.random.default_rng(7)
     image = tf.constant(rng.integers(0, 256, (30, 40, 3)), tf.uint8)
     mask = tf.constant(rng.integers(0, 3, (30, 40)), tf.uint8)
-    kw = {"crop_size": (16, 16), "photometric": True, "cat_max_ratio": 0.6}
+    kw = {"crop_size": (16, 16), "photometric": True, "cat_max_ratio": 0.6, "colour_model": "hsv"}
     runs = [
         augment.train_transform_fast(image, mask, tf.constant([2, i % 3], tf.int64), **kw)
         for i in range(6)
