@@ -261,9 +261,10 @@ def _grid_layout(params: CRFParams, height: int, width: int):
     for s, size in zip([s_sp] * 2 + [s_rg] * 3, shape):
         # Splat and slice tents each add 1/6 cell^2 of variance.
         sigma_b = math.sqrt(s * s - 1.0 / 3.0)
-        # Untruncated over the grid: keeps the blur positive definite and costs nothing extra
-        # (the blur is a dense per-axis matrix product).
-        t = _gauss_taps(sigma_b, size - 1)
+        # Untruncated over the grid (keeps the blur positive definite and costs nothing extra:
+        # it is a dense per-axis matrix product) and at least 8 sigma long, so that sum(t) below
+        # is the full Gaussian sum even when the grid has only 2-3 cells on an axis.
+        t = _gauss_taps(sigma_b, max(size - 1, math.ceil(8.0 * sigma_b)))
         taps.append(t)
         # The effective 1-D kernel is ~ Gaussian with integral sum(t) cells and std s cells;
         # rescale it to peak 1 like the exact kernel.

@@ -259,3 +259,17 @@ def test_bad_inputs_raise_clear_errors():
         crf.CRFParams(filter="lattice")
     with pytest.raises(ValueError, match="exceeds"):
         crf.dense_crf(jnp.zeros((1, 80, 80, 2)), np.zeros((1, 80, 80, 3), np.uint8), filter="exact")
+
+
+def test_grid_operator_is_symmetric_psd_with_the_stated_diagonal():
+    # The descent guarantee for filter="grid" rests on S^T B S being symmetric PSD, and the
+    # self-term removal on _grid_diagonal being its exact diagonal.
+    image = crf._images_to_float(jnp.asarray(_test_image(8, 9)))[0]
+    params = crf.CRFParams(bilateral_sxy=3.0, bilateral_srgb=20.0)
+    grid = crf._make_grid(image, params)
+    n = 8 * 9
+    matrix = np.asarray(crf._grid_filter(jnp.eye(n, dtype=jnp.float32), grid), np.float64)
+    np.testing.assert_allclose(matrix, matrix.T, rtol=1e-5, atol=1e-6)
+    eig = np.linalg.eigvalsh(0.5 * (matrix + matrix.T))
+    assert eig.min() > -1e-5 * eig.max(), eig.min()
+    np.testing.assert_allclose(np.diag(matrix), np.asarray(crf._grid_diagonal(grid)), rtol=1e-5)
