@@ -76,8 +76,12 @@ def write_dataset(root: str, count: int, seed: int = 0) -> None:
 
 
 def run(args) -> dict:
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        pinned = True
+    except RuntimeError:  # TF already initialised (e.g. called from a test): keep its pools
+        pinned = False
     from segjax import augment, data, input_pipeline
     from segjax import config as config_lib
 
@@ -127,6 +131,7 @@ def run(args) -> dict:
         "crop": args.crop,
         "batch_size": args.batch_size,
         "threads": args.threads,
+        "tf_op_threads_pinned": pinned,
         "photometric": args.photometric,
         "colour_model": args.colour_model if args.photometric else None,
         "cat_max_ratio": args.cat_max_ratio,
