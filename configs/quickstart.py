@@ -6,14 +6,17 @@ Override anything from the command line, e.g. ``--config.train.num_steps=50``. `
 (``--config configs/quickstart.py:runlocal``) shrinks it to a few steps for smoke tests.
 """
 
+import ml_collections
+
 from segjax.config import base_config, parse_arg
 
 
 def get_config(arg=None):
     args = parse_arg(arg, runlocal=False)
     c = base_config()
-    c.model.name = "unet_small"
+    c.model.name = "unet"
     c.model.num_classes = 4
+    c.model.kwargs = ml_collections.ConfigDict({"width": 8, "depth": 3})
     c.data.name = "shapes"
     c.data.crop_size = (64, 64)
     c.data.eval_pad_size = (64, 64)
@@ -35,5 +38,5 @@ def get_config(arg=None):
         c.train.eval_every = 0
         c.train.checkpoint_every = 2
         c.train.batch_size = 8
-        c.model.name = "unet_tiny"
+        c.model.kwargs.width = 4
     return c

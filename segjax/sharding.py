@@ -116,26 +116,45 @@ def _spec_for(shape: tuple[int, ...], mode: str, fsdp_size: int, min_size: int) 
 
 
 def state_shardings(abstract_state, mesh: Mesh, rules: Sequence[Sequence[str]], min_size: int = 0):
-    """Shardings for every leaf of a (abstract) train state by regex rules on leaf paths.
+    """Shardings for every leaf of a (abstract) train state by regex rules on parameter paths.
 
     Args:
-      abstract_state: pytree of ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``).
+      abstract_state: pytree of ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``) with a
+        ``params`` attribute or key.
       mesh: the device mesh.
-      rules: ``[(regex, "replicate" | "fsdp"), ...]``; the first rule whose regex is found
-        (``re.search``) in the leaf path wins; no match means replicate. Optimiser-state
-        leaves have their parameter's path inside theirs, so they follow their parameter.
+      rules: ``[(regex, "replicate" | "fsdp"), ...]`` matched with ``re.search`` against
+        paths like ``params/backbone/layer1_0/conv1/kernel``; the first match wins, no match
+        means replicate.
       min_size: leaves with fewer elements stay replicated.
 
     Returns:
-      A pytree of ``NamedSharding`` with the structure of ``abstract_state``.
+      A pytree of ``NamedSharding`` with the structure of ``abstract_state``. An optimiser
+      state leaf whose path ends with a parameter's path and has its shape (Adam moments,
+      momentum traces) gets exactly that parameter's sharding; other leaves go through the
+      rules with their own path.
     """
     compiled = [(re.compile(pattern), mode) for pattern, mode in rules]
     fsdp_size = mesh.shape["fsdp"]
 
-    def one(path, leaf):
-        name = path_to_str(path)
+    def by_rules(name, shape):
         mode = next((m for rx, m in compiled if rx.search(name)), "replicate")
-        return NamedSharding(mesh, _spec_for(tuple(leaf.shape), mode, fsdp_size, min_size))
+        return NamedSharding(mesh, _spec_for(tuple(shape), mode, fsdp_size, min_size))
+
+    params = (
+        abstract_state["params"] if isinstance(abstract_state, dict) else abstract_state.params
+    )
+    param_specs = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        key = path_to_str(path)
+        param_specs[key] = (tuple(leaf.shape), by_rules("params/" + key, leaf.shape))
+
+    def one(path, leaf):
+        parts = path_to_str(path).split("/")
+        for i in range(len(parts)):
+            match = param_specs.get("/".join(parts[i:]))
+            if match is not None and match[0] == tuple(leaf.shape):
+                return match[1]
+        return by_rules("/".join(parts), leaf.shape)
 
     return jax.tree_util.tree_map_with_path(one, abstract_state)
 

@@ -14,7 +14,7 @@ from segjax.data.base import DatasetInfo, Source
 __all__ = ["DatasetInfo", "Source", "get_source", "names"]
 
 _LOADERS: dict[str, Callable[[ml_collections.ConfigDict], Source]] = {
-    "shapes": lambda cfg: shapes.load(cfg.data_dir or None),
+    "shapes": lambda cfg: shapes.load(cfg.data_dir or None, cfg.config_name),
     "voc": voc.load,
     "voc_aug": voc.load_aug,
     "folder": folder.load,

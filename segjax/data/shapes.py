@@ -1,7 +1,7 @@
 """``shapes``: the built-in procedural dataset, so segjax trains anywhere with no download.
 
 Each example is a 64×64 RGB image: a textured background (smooth colour gradient, stripes and
-noise) with 1–4 overlapping shapes (circle, square, triangle; random size, rotation, colour
+noise) with 1–3 overlapping shapes (circle, square, triangle; random size, rotation, colour
 and texture; later shapes occlude earlier ones). The mask holds class ids
 (0 background, 1 circle, 2 square, 3 triangle) and, like VOC, 255 on a thin band along every
 object boundary. Everything is a pure function of ``(seed, split, index)``, so the dataset is
@@ -15,7 +15,8 @@ from segjax.data.base import IGNORE_INDEX, DatasetInfo, TfdsSource, default_pale
 
 CLASS_NAMES = ("background", "circle", "square", "triangle")
 IMAGE_SIZE = 64
-SPLIT_SIZES = {"train": 2000, "validation": 200}
+SPLIT_SIZES = {"train": 2000, "validation": 200}  # the "default" config
+TINY_SPLIT_SIZES = {"train": 96, "validation": 40}  # the "tiny" config (tests)
 _SPLIT_IDS = {"train": 0, "validation": 1}
 _SEED = 20261122
 
@@ -36,7 +37,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _shape_mask(kind: int, rng: np.random.Generator, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    r = rng.uniform(6, 14)
+    r = rng.uniform(8, 16)
     cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
     dx, dy = xx - cx, yy - cy
     theta = rng.uniform(0, 2 * np.pi)
@@ -59,7 +60,7 @@ def make_example(index: int, split: str = "train", seed: int = _SEED, size: int 
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     image = _background(rng, size)
     labels = np.zeros((size, size), np.uint8)
-    for _ in range(rng.integers(1, 5)):
+    for _ in range(rng.integers(1, 4)):
         kind = int(rng.integers(1, 4))
         region = _shape_mask(kind, rng, size)
         colour = rng.uniform(0, 255, 3)
@@ -75,11 +76,23 @@ def make_example(index: int, split: str = "train", seed: int = _SEED, size: int 
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
+class ShapesConfig(tfds.core.BuilderConfig):
+    """Split sizes of a ``shapes`` variant."""
+
+    def __init__(self, *, split_sizes: dict[str, int], **kwargs):
+        super().__init__(**kwargs)
+        self.split_sizes = split_sizes
+
+
 class Shapes(tfds.core.GeneratorBasedBuilder):
     """Procedural shapes segmentation dataset (see module docstring)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        ShapesConfig(name="default", split_sizes=SPLIT_SIZES, description="2,000 / 200"),
+        ShapesConfig(name="tiny", split_sizes=TINY_SPLIT_SIZES, description="96 / 40, tests"),
+    ]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -96,24 +109,32 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        return {split: self._generate_examples(split) for split in SPLIT_SIZES}
+        return {split: self._generate_examples(split) for split in self.builder_config.split_sizes}
 
     def _generate_examples(self, split):
-        for index in range(SPLIT_SIZES[split]):
+        for index in range(self.builder_config.split_sizes[split]):
             image, mask = make_example(index, split)
             key = f"{split}_{index:05d}"
             yield key, {"image": image, "segmentation_mask": mask[..., None], "file_name": key}
 
 
-def load(data_dir: str | None) -> TfdsSource:
-    """Prepares (first use only) and returns the ``shapes`` source."""
-    builder = Shapes(data_dir=data_dir)
+def load(data_dir: str | None, config_name: str = "") -> TfdsSource:
+    """Prepares (first use only) and returns the ``shapes`` source.
+
+    Args:
+      data_dir: TFDS data_dir (None: the TFDS default).
+      config_name: "default" (or "") or "tiny".
+    """
+    names = [c.name for c in Shapes.BUILDER_CONFIGS]
+    if config_name and config_name not in names:
+        raise ValueError(f"shapes has no config {config_name!r}; configs: {', '.join(names)}")
+    builder = Shapes(data_dir=data_dir, config=config_name or "default")
     builder.download_and_prepare()
     info = DatasetInfo(
         name="shapes",
         num_classes=len(CLASS_NAMES),
         class_names=CLASS_NAMES,
         palette=default_palette(len(CLASS_NAMES)),
-        splits={k: builder.info.splits[k].num_examples for k in SPLIT_SIZES},
+        splits={k: builder.info.splits[k].num_examples for k in builder.builder_config.split_sizes},
     )
     return TfdsSource(builder, info)
