@@ -111,7 +111,8 @@ def test_grid_messages_match_brute_force(sxy, srgb):
     base = dict(bilateral_sxy=sxy, bilateral_srgb=srgb, gaussian_weight=0.0)
     exact = crf.pairwise_messages(q, image, crf.CRFParams(filter="exact", **base))
     scale = float(jnp.max(jnp.abs(exact)))
-    for samples, rel_tol, max_tol in [(1.0, 0.045, 0.12), (2.0, 0.012, 0.04)]:
+    settings = [(1.0, 0.045, 0.12), (2.0, 0.012, 0.04)] if sxy == 80 else [(1.0, 0.045, 0.12)]
+    for samples, rel_tol, max_tol in settings:
         params = crf.CRFParams(
             filter="grid", grid_spatial_samples=samples, grid_range_samples=samples, **base
         )
@@ -224,10 +225,11 @@ class DenseCrfVariantsTest(parameterized.TestCase):
         chex.assert_shape(batched, (2, 12, 10, 3))
         chex.assert_tree_all_finite(batched)
         chex.assert_trees_all_close(jnp.sum(batched, -1), jnp.ones((2, 12, 10)), atol=1e-5)
-        # Each batch element is refined independently.
-        for b in range(2):
-            single = run(logits[b : b + 1], jnp.asarray(images[b : b + 1]))
-            chex.assert_trees_all_close(batched[b : b + 1], single, atol=1e-5)
+        # Each batch element is refined independently: changing element 1 leaves element 0
+        # unchanged, and element 1 then changes (same shapes, so no second compilation).
+        changed = run(logits.at[1].set(-logits[1]), jnp.asarray(images[[0, 0]]))
+        chex.assert_trees_all_close(changed[0], batched[0], atol=1e-6)
+        assert float(jnp.max(jnp.abs(changed[1] - batched[1]))) > 1e-2
         # The CRF changes the unary-only marginals.
         assert float(jnp.max(jnp.abs(batched - jax.nn.softmax(logits)))) > 1e-3
 
@@ -268,7 +270,8 @@ def test_grid_operator_is_symmetric_psd_with_the_stated_diagonal():
     params = crf.CRFParams(bilateral_sxy=3.0, bilateral_srgb=20.0)
     grid = crf._make_grid(image, params)
     n = 8 * 9
-    matrix = np.asarray(crf._grid_filter(jnp.eye(n, dtype=jnp.float32), grid), np.float64)
+    matrix = jax.jit(lambda q: crf._grid_filter(q, grid))(jnp.eye(n, dtype=jnp.float32))
+    matrix = np.asarray(matrix, np.float64)
     np.testing.assert_allclose(matrix, matrix.T, rtol=1e-5, atol=1e-6)
     eig = np.linalg.eigvalsh(0.5 * (matrix + matrix.T))
     assert eig.min() > -1e-5 * eig.max(), eig.min()
