@@ -11,7 +11,8 @@ Images become ``uint8 [H, W, 3]`` RGB:
 - images with more than 8 bits per sample (16-bit or 32-bit integer grayscale, float TIFF) are
   scaled linearly to ``[0, 255]``: by default with the image's own range (its minimum maps to 0
   and its maximum to 255; a constant image becomes 0), or with a fixed ``value_range=(low, high)``
-  (values outside it are clipped), which keeps intensities comparable across images.
+  (values outside it are clipped), which keeps intensities comparable across images;
+- 16-bit colour PNGs keep the high byte of each sample (Pillow's and TensorFlow's decoding).
 
 Masks become ``uint8 [H, W]`` class ids: single-channel 8- or 16-bit PNG/TIFF (values must be
 at most 255), palette PNG (the palette *index* is the class id, as in PASCAL VOC), or an RGB
