@@ -164,14 +164,38 @@ def fcn_bilinear(factor, channels):
     return kernel
 
 
-@pytest.mark.parametrize("size", [(37, 64)])
-def test_fcn32s_aligned_upsamples_constant_to_constant(size):
+def _apply_capturing_score(model):
+    """Jitted apply returning the logits and the ``score_fr`` output (one compile per model)."""
+
+    def apply(variables, x):
+        out, state = model.apply(
+            variables,
+            x,
+            capture_intermediates=lambda module, _: module.name == "score_fr",
+            mutable=["intermediates"],
+        )
+        return out["out"], state["intermediates"]["score_fr"]["__call__"][0]
+
+    return jax.jit(apply)
+
+
+def test_fcn32s_aligned_constant_and_bilinear_resize():
+    """Aligned FCN-32s at init: a constant score map stays that constant everywhere, and any
+    score map is upsampled exactly as half-pixel bilinear interpolation (align_corners=False)."""
     model = models.create("fcn32s_vgg16_tiny", num_classes=3, paper_alignment=False)
-    x = jax.random.normal(jax.random.key(0), (1, *size, 3))
+    apply = _apply_capturing_score(model)
+    x = jax.random.normal(jax.random.key(0), (1, 37, 70, 3))
     values = [1.5, -2.0, 0.25]
-    out = model.apply(_constant_score_variables(model, x, values), x)["out"]
-    chex.assert_shape(out, (1, *size, 3))
+    variables = _constant_score_variables(model, x, values)
+    out, _ = apply(variables, x)
+    chex.assert_shape(out, (1, 37, 70, 3))
     np.testing.assert_allclose(out, np.broadcast_to(values, out.shape), rtol=1e-5)
+
+    variables["params"]["score_fr"] = host_init(model, x, seed=3)["params"]["score_fr"]
+    out, score = apply(variables, x)
+    n_h, n_w = score.shape[1:3]
+    expected = jax.image.resize(score, (1, 32 * n_h, 32 * n_w, 3), "bilinear")[:, :37, :70]
+    np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
 def test_fcn32s_paper_alignment_constant_away_from_the_border():
@@ -180,32 +204,11 @@ def test_fcn32s_paper_alignment_constant_away_from_the_border():
     model = models.create("fcn32s_vgg16_tiny", num_classes=3)
     x = jax.random.normal(jax.random.key(0), (1, 40, 40, 3))
     values = np.array([1.5, -2.0, 0.25], np.float32)
-    out = np.asarray(model.apply(_constant_score_variables(model, x, values), x)["out"])
+    out, _ = _apply_capturing_score(model)(_constant_score_variables(model, x, values), x)
+    out = np.asarray(out)
     np.testing.assert_allclose(out[0, 13:, 13:], np.broadcast_to(values, (27, 27, 3)), rtol=1e-5)
     weight_row0 = 1 - abs(19 - 31.5) / 32
     np.testing.assert_allclose(out[0, 0, 20], values * weight_row0, rtol=1e-5)
-
-
-def test_aligned_fcn32s_equals_bilinear_resize_of_the_score_map():
-    """Aligned upsampling at init = half-pixel bilinear interpolation (align_corners=False)."""
-    model = models.create("fcn32s_vgg16_tiny", num_classes=2, paper_alignment=False)
-    x = jax.random.normal(jax.random.key(0), (1, 70, 45, 3))
-    variables = _constant_score_variables(model, x, [0.0, 0.0])
-    variables["params"]["score_fr"] = host_init(model, x, seed=3)["params"]["score_fr"]
-    captured = {}
-
-    def capture(next_fun, args, kwargs, context):
-        if context.module.name == "score_fr":
-            captured["score"] = next_fun(*args, **kwargs)
-            return captured["score"]
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(capture):
-        out = model.apply(variables, x)["out"]
-    score = captured["score"]
-    n_h, n_w = score.shape[1:3]
-    expected = jax.image.resize(score, (1, 32 * n_h, 32 * n_w, 2), "bilinear")[:, :70, :45]
-    np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["fcn32s_vgg16_tiny", "fcn16s_vgg16_tiny", "fcn8s_vgg16_tiny"])
@@ -271,7 +274,7 @@ def _grads(model, x, labels):
     @jax.jit
     def grad_fn(params):
         def loss(p):
-            out, _ = model.apply(
+            out, updates = model.apply(
                 {**variables, "params": p},
                 x,
                 train=True,
@@ -279,18 +282,19 @@ def _grads(model, x, labels):
                 mutable=["batch_stats"],
             )
             logp = jax.nn.log_softmax(out["out"])
-            return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], -1))
+            return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], -1)), updates
 
-        return jax.value_and_grad(loss)(params)
+        return jax.value_and_grad(loss, has_aux=True)(params)
 
-    return grad_fn(variables["params"])
+    (value, updates), grads = grad_fn(variables["params"])
+    return value, grads, variables, updates
 
 
 def test_fcn8s_backward_finite_and_fixed_upsampling_gets_no_gradient():
     model = models.create("fcn8s_vgg16_tiny", num_classes=3, fixed_upsampling=True)
     x = jax.random.normal(jax.random.key(0), (2, 27, 22, 3))
     labels = jax.random.randint(jax.random.key(1), (2, 27, 22), 0, 3)
-    value, grads = _grads(model, x, labels)
+    value, grads, _, _ = _grads(model, x, labels)
     chex.assert_tree_all_finite((value, grads))
     for name in ("upscore2", "upscore_pool4", "upscore8"):
         assert float(jnp.abs(grads[name]["kernel"]).max()) == 0.0
@@ -302,9 +306,14 @@ def test_fcn_resnet_backward_finite():
     model = models.create("fcn_resnet50_tiny", num_classes=3)
     x = jax.random.normal(jax.random.key(0), (2, 17, 20, 3))
     labels = jax.random.randint(jax.random.key(1), (2, 17, 20), 0, 3)
-    value, grads = _grads(model, x, labels)
+    value, grads, variables, updates = _grads(model, x, labels)
     chex.assert_tree_all_finite((value, grads))
     assert float(jnp.abs(grads["classifier"]["cls"]["kernel"]).max()) > 0
+    # Training mode moves every running statistic of the backbone and the heads.
+    moved = jax.tree.map(
+        lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], variables["batch_stats"]
+    )
+    assert all(jax.tree.leaves(moved))
     # The auxiliary head is not in this loss; the main head and the backbone are.
     assert float(jnp.abs(grads["aux_classifier"]["cls"]["kernel"]).max()) == 0
     assert float(jnp.abs(grads["backbone"]["conv1"]["kernel"]).max()) > 0
