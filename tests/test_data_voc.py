@@ -241,3 +241,14 @@ def test_voc_config_name_aug_is_voc_aug(archives, aug_source):
 def test_unknown_voc_config_name(tmp_path):
     with pytest.raises(ValueError, match=r"config_name='2007' is not a VOC config"):
         data.get_source(data_config(tmp_path, name="voc", config_name="2007"))
+
+
+def test_archive_without_voc_inside_is_an_error(tmp_path):
+    manual = tmp_path / "manual"
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "readme.txt").write_text("not VOC")
+    manual.mkdir()
+    with tarfile.open(manual / voc.VOC_ARCHIVE, "w") as tar:
+        tar.add(tmp_path / "junk", arcname="junk")
+    with pytest.raises(DataError, match=r"VOCtrainval_11-May-2012\.tar: archive does not hold"):
+        data.get_source(data_config(tmp_path, name="voc"))

@@ -105,15 +105,14 @@ class SegjaxAde20k(tfds.core.GeneratorBasedBuilder):
             manual = os.fspath(dl_manager.manual_dir)
         except AssertionError:
             manual = None
-        candidates = []
         if manual:
-            candidates.append(os.path.join(manual, "ADEChallengeData2016"))
+            if _is_root(os.path.join(manual, "ADEChallengeData2016")):
+                return os.path.join(manual, "ADEChallengeData2016")
             if os.path.isfile(os.path.join(manual, ARCHIVE)):
                 extracted = os.fspath(dl_manager.extract(os.path.join(manual, ARCHIVE)))
-                candidates.append(os.path.join(extracted, "ADEChallengeData2016"))
-        for c in candidates:
-            if _is_root(c):
-                return c
+                if _is_root(os.path.join(extracted, "ADEChallengeData2016")):
+                    return os.path.join(extracted, "ADEChallengeData2016")
+                raise DataError(f"{os.path.join(manual, ARCHIVE)}: no ADEChallengeData2016/ inside")
         tried = f"looked in {manual!r}" if manual else "no manual directory exists"
         if self._download:
             try:

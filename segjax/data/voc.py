@@ -161,16 +161,17 @@ class SegjaxVoc(tfds.core.GeneratorBasedBuilder):
             manual = os.fspath(dl_manager.manual_dir)
         except AssertionError:
             manual = None
-        roots = []
         if manual:
-            roots.append(manual)
+            for sub in subdirs:  # already extracted: no need to extract the archive again
+                if is_root(os.path.join(manual, sub)):
+                    return os.path.join(manual, sub)
             archive_path = os.path.join(manual, archive)
             if os.path.isfile(archive_path):
-                roots.append(os.fspath(dl_manager.extract(archive_path)))
-        for root in roots:
-            for sub in subdirs:
-                if is_root(os.path.join(root, sub)):
-                    return os.path.join(root, sub)
+                root = os.fspath(dl_manager.extract(archive_path))
+                for sub in subdirs:
+                    if is_root(os.path.join(root, sub)):
+                        return os.path.join(root, sub)
+                raise DataError(f"{archive_path}: archive does not hold {what} ({subdirs[0]}/)")
         tried = f"looked in {manual!r}" if manual else "no manual directory exists"
         if self._download:
             try:
