@@ -214,12 +214,13 @@ def _filter_axis(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
     pad[axis] = (radius, radius)
     padded = jnp.pad(x, pad)
 
-    # A loop over taps rather than an unrolled sum of shifted slices: unrolled, XLA keeps every
-    # shifted copy alive when a softmax follows (about 40 full-size buffers at 512x512x21).
+    # A loop over taps rather than a fully unrolled sum of shifted slices: fully unrolled, XLA
+    # keeps every shifted copy alive when a softmax follows (about 40 full-size buffers at
+    # 512x512x21, 860 MiB). Unrolling by 6 measured fastest (2-3x the plain loop) at ~65 MiB.
     def add_tap(k, acc):
         return acc + taps[k] * jax.lax.dynamic_slice_in_dim(padded, k, size, axis=axis)
 
-    return jax.lax.fori_loop(0, 2 * radius + 1, add_tap, jnp.zeros_like(x))
+    return jax.lax.fori_loop(0, 2 * radius + 1, add_tap, jnp.zeros_like(x), unroll=6)
 
 
 def _band_matrix(taps: np.ndarray, size: int) -> np.ndarray:

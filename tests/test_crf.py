@@ -220,7 +220,7 @@ class DenseCrfVariantsTest(parameterized.TestCase):
         logits = jnp.asarray(rng.normal(0, 1, (2, 12, 10, 3)), jnp.float32)
         params = crf.CRFParams(iterations=3, bilateral_sxy=8.0)
 
-        run = self.variant(lambda x, im: crf.mean_field(crf.unary_from_logits(x), im, params))
+        run = self.variant(lambda x, im: crf.dense_crf(x, im, params))
         batched = run(logits, jnp.asarray(images))
         chex.assert_shape(batched, (2, 12, 10, 3))
         chex.assert_tree_all_finite(batched)
