@@ -1,0 +1,206 @@
+"""Import a torchvision checkpoint as a segjax variables checkpoint (Orbax).
+
+    python -m segjax.weights.import_torchvision --arch resnet101 \
+        --checkpoint resnet101-cd907fc2.pth --output /ckpt/resnet101
+    python -m segjax.weights.import_torchvision --arch deeplabv3_resnet50 \
+        --checkpoint deeplabv3_resnet50_coco-cd0a2569.safetensors --output /ckpt/dlv3_r50
+
+``--checkpoint`` is a ``.pth``/``.pt`` file (needs torch: ``pip install 'segjax[torch]'``), a
+``.safetensors`` file or a ``.npz`` (no torch needed). The output directory is a plain variables
+checkpoint (``segjax.checkpoint.save_variables``): pass it to training as
+``--config.init_from=DIR`` (backbones and full models; only matching arrays are loaded and a
+report is logged) or to ``segjax.evaluate`` / ``segjax.predict`` as ``--checkpoint DIR`` (full
+models, with the config's ``model.name`` / ``model.num_classes`` set to the imported model).
+See docs/WEIGHTS.md.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from segjax.weights import torchvision as tv
+
+PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def read_state_dict(path: str) -> dict:
+    """Reads a state dict from ``.pth``/``.pt`` (torch), ``.safetensors`` or ``.npz``.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: unknown suffix, or a ``.pth`` file without torch installed.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    lower = path.lower()
+    if lower.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return load_file(path)
+    if lower.endswith(".npz"):
+        import numpy as np
+
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    if lower.endswith(PTH_SUFFIXES):
+        try:
+            import torch
+        except ImportError:
+            raise ValueError(
+                f"{path}: reading a PyTorch file needs torch (pip install 'segjax[torch]'). "
+                'Without torch, convert it once where torch is available: python -c "import '
+                "torch; from safetensors.torch import save_file; "
+                f"save_file(torch.load('{os.path.basename(path)}', map_location='cpu'), "
+                "'model.safetensors')\" and pass the .safetensors file"
+            ) from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"{path}: expected a state dict (a mapping of names to tensors), got "
+                f"{type(state).__name__}; save model.state_dict() rather than the model"
+            )
+        return state
+    raise ValueError(
+        f"{path}: unknown checkpoint format; expected .pth/.pt (torch), .safetensors or .npz"
+    )
+
+
+def build_target(arch: str, num_classes: int | None, aux: bool, model_kwargs: dict):
+    """The target module with ``model_kwargs`` (None when no kwargs: the default is used)."""
+    if not model_kwargs:
+        return None
+    spec = tv.arch_spec(arch)
+    if spec.segmentation:
+        from segjax import models
+
+        kwargs = dict(model_kwargs)
+        if spec.aux_prefix is not None:
+            kwargs.setdefault("aux", aux)
+        return models.create(arch, num_classes=num_classes, **kwargs)
+    module = tv.default_module(arch)
+    return module.clone(**model_kwargs)
+
+
+def target_report(variables: dict, target: str, num_classes: int, target_kwargs: dict) -> dict:
+    """What ``init_from`` would load into segjax model ``target`` (shapes only, no compute)."""
+    import jax
+    import jax.numpy as jnp
+
+    from segjax import checkpoint, models
+
+    module = models.create(target, num_classes=num_classes, **target_kwargs)
+    images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x), images)
+    shapes = {k: v for k, v in shapes.items() if k in ("params", "batch_stats")}
+    _, report = checkpoint.merge_pretrained(shapes, variables)
+    return report
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m segjax.weights.import_torchvision",
+        description="Convert a torchvision checkpoint to a segjax variables checkpoint.",
+    )
+    parser.add_argument("--arch", required=True, help=f"one of: {', '.join(sorted(tv.ARCHS))}")
+    parser.add_argument("--checkpoint", required=True, help=".pth/.pt, .safetensors or .npz")
+    parser.add_argument("--output", required=True, help="directory for the Orbax checkpoint")
+    parser.add_argument(
+        "--num_classes",
+        type=int,
+        default=None,
+        help="segmentation archs: expected classes (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--drop_head",
+        action="store_true",
+        help="segmentation archs: leave out the final classifier layers (to fine-tune on "
+        "other classes with init_from)",
+    )
+    parser.add_argument(
+        "--model_kwargs",
+        default="",
+        help="JSON of constructor options of the target module (e.g. a smaller test variant)",
+    )
+    parser.add_argument(
+        "--target",
+        default="",
+        help="a segjax model name: report what init_from would load into it",
+    )
+    parser.add_argument(
+        "--target_num_classes", type=int, default=21, help="classes of the --target model"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the import; returns the converted variables (for tests). Exits on bad input."""
+    from segjax import checkpoint
+    from segjax.logs import fail
+
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    try:
+        model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+        spec = tv.arch_spec(args.arch)
+        state = tv.strip_wrappers(read_state_dict(args.checkpoint))
+        num_classes = args.num_classes
+        if spec.segmentation and num_classes is None:
+            num_classes = tv.head_classes(state, args.arch)
+        aux = tv.has_aux(state, args.arch)
+        module = build_target(args.arch, num_classes, aux, model_kwargs)
+        variables = tv.convert(
+            state,
+            args.arch,
+            num_classes=args.num_classes,
+            drop_head=args.drop_head,
+            module=module,
+        )
+    except (tv.ConversionError, ValueError, FileNotFoundError, TypeError) as e:
+        fail(str(e))
+    ignored = sorted(k for k in state if tv.is_ignored(spec, k) and "num_batches_tracked" not in k)
+    count = sum(v.size for tree in variables.values() for v in _leaves(tree))
+    checkpoint.save_variables(args.output, variables)
+    what = "backbone" if not spec.segmentation else f"{num_classes}-class model"
+    print(f"{args.arch}: wrote {count:,} values ({what}) to {os.path.abspath(args.output)}")
+    if spec.segmentation and spec.aux_prefix is not None:
+        print(f"  auxiliary head: {'yes' if aux else 'no (build the model with aux=False)'}")
+    if args.drop_head:
+        print(f"  head left out: {', '.join(spec.head_keys)}")
+    if ignored:
+        print(f"  ignored (ImageNet classifier): {', '.join(ignored)}")
+    if spec.segmentation:
+        print(
+            f"  use: --config.init_from={args.output} (train), or --checkpoint {args.output} "
+            f"(evaluate / predict) with model.name={args.arch}, model.num_classes={num_classes}"
+        )
+    else:
+        print(
+            f"  use: --config.init_from={args.output} with a model built on {args.arch} "
+            f"({', '.join(spec.users)} …)"
+        )
+    if args.target:
+        try:
+            report = target_report(variables, args.target, args.target_num_classes, {})
+        except (KeyError, ValueError) as e:
+            fail(str(e))
+        print(
+            f"  into {args.target}: loaded {len(report['loaded'])}, kept initial "
+            f"{len(report['kept_initial'])}, unused {len(report['unused'])}, shape mismatch "
+            f"{len(report['shape_mismatch'])}"
+        )
+        for key in ("unused", "shape_mismatch"):
+            for name in report[key][:20]:
+                print(f"    {key}: {name}")
+    return variables
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _leaves(v)
+    else:
+        yield tree
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,557 @@
+"""torchvision checkpoints ↔ segjax variables, with exact numerical parity.
+
+:func:`convert` turns a torchvision ``state_dict`` (NumPy arrays or torch tensors) into the
+``{"params", "batch_stats"}`` of the matching segjax model; :func:`export` is its exact inverse.
+Every Flax leaf of the *target* module (found with ``jax.eval_shape``, no compilation) is
+mapped to one torchvision key by the rules below, so missing, unexpected and mis-shaped keys
+are all detected before anything is returned.
+
+=============================  ================================================================
+torchvision ``arch``            target (Flax paths)
+=============================  ================================================================
+``vgg16``                       ``backbone/…`` of the FCN-VGG16 models (``features_{i}``, fc6 as
+                                a 7×7 conv, fc7 as a 1×1 conv; ``classifier.6`` is ignored)
+``resnet50``, ``resnet101``     ``backbone/…`` of every ResNet model (FCN, DeepLab v2/v3/v3+,
+                                PSPNet); ``fc.*`` is ignored
+``mobilenet_v3_large``          ``backbone/features_{i}/…`` of the MobileNetV3 models
+                                (DeepLab v3, LR-ASPP); ``classifier.*`` is ignored
+``fcn_resnet50/101``            the whole ``fcn_resnet50/101`` model
+``deeplabv3_resnet50/101``      the whole ``deeplabv3_resnet50/101`` model
+``deeplabv3_mobilenet_v3_large``  the whole ``deeplabv3_mobilenet_v3_large`` model
+``lraspp_mobilenet_v3_large``   the whole ``lraspp_mobilenet_v3_large`` model
+=============================  ================================================================
+
+Layouts: conv kernels OIHW → HWIO (depthwise ``[C, 1, k, k]`` → ``[k, k, 1, C]``); VGG16's
+``Linear`` fc6 ``[4096, 512·7·7]`` → ``[7, 7, 512, 4096]`` (torch flattens C, H, W) and fc7
+``[4096, 4096]`` → ``[1, 1, 4096, 4096]``; BatchNorm ``weight``/``bias`` → ``params``
+``scale``/``bias``, ``running_mean``/``running_var`` → ``batch_stats`` ``mean``/``var``;
+``num_batches_tracked`` has no counterpart. A backbone conversion covers only ``backbone/…``:
+load it into a segmentation model with ``config.init_from`` (``checkpoint.merge_pretrained``),
+which leaves the heads at their initial values and logs what was loaded.
+"""
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BN_TORCH_LEAVES = {
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+
+
+class ConversionError(ValueError):
+    """A state dict does not fit the requested architecture (keys, shapes or classes)."""
+
+
+# --------------------------------------------------------------------------- path rules
+#
+# Each rule rewrites a Flax *module* path ("backbone/layer1_0/conv1") to a torch module path
+# ("backbone.layer1.0.conv1"); the first fully matching rule wins. Leaf names are mapped
+# separately (kernel → weight, …).
+
+Rule = tuple[str, str]
+
+_RESNET_RULES: list[Rule] = [
+    (r"(conv1|bn1)", r"\1"),
+    (r"layer(\d)_(\d+)/(conv\d|bn\d)", r"layer\1.\2.\3"),
+    (r"layer(\d)_(\d+)/downsample_conv", r"layer\1.\2.downsample.0"),
+    (r"layer(\d)_(\d+)/downsample_bn", r"layer\1.\2.downsample.1"),
+]
+
+_VGG_RULES: list[Rule] = [
+    (r"features_(\d+)", r"features.\1"),
+    (r"fc6", "classifier.0"),
+    (r"fc7", "classifier.3"),
+]
+
+
+def _mobilenet_rules(features_prefix: str) -> list[Rule]:
+    # ConvNormAct's conv/bn are the .0/.1 of torchvision's Conv2dNormActivation.
+    p = features_prefix
+    return [
+        (r"features_(\d+)/conv", p + r"\1.0"),
+        (r"features_(\d+)/bn", p + r"\1.1"),
+        (r"features_(\d+)/block_(\d+)/conv", p + r"\1.block.\2.0"),
+        (r"features_(\d+)/block_(\d+)/bn", p + r"\1.block.\2.1"),
+        (r"features_(\d+)/block_(\d+)/(fc[12])", p + r"\1.block.\2.\3"),
+    ]
+
+
+_FCN_HEAD_RULES: list[Rule] = [
+    (r"(aux_classifier|classifier)/conv", r"\1.0"),
+    (r"(aux_classifier|classifier)/bn", r"\1.1"),
+    (r"(aux_classifier|classifier)/cls", r"\1.4"),
+]
+
+_DEEPLAB_HEAD_RULES: list[Rule] = [
+    (r"classifier/aspp/convs_([0-3])/conv", r"classifier.0.convs.\1.0"),
+    (r"classifier/aspp/convs_([0-3])/bn", r"classifier.0.convs.\1.1"),
+    # The image-pooling branch: AdaptiveAvgPool2d is its .0.
+    (r"classifier/aspp/convs_4/conv", "classifier.0.convs.4.1"),
+    (r"classifier/aspp/convs_4/bn", "classifier.0.convs.4.2"),
+    (r"classifier/aspp/project/conv", "classifier.0.project.0"),
+    (r"classifier/aspp/project/bn", "classifier.0.project.1"),
+    (r"classifier/conv/conv", "classifier.1"),
+    (r"classifier/conv/bn", "classifier.2"),
+    (r"classifier/out", "classifier.4"),
+    (r"aux_classifier/conv/conv", "aux_classifier.0"),
+    (r"aux_classifier/conv/bn", "aux_classifier.1"),
+    (r"aux_classifier/out", "aux_classifier.4"),
+]
+
+_LRASPP_HEAD_RULES: list[Rule] = [
+    (r"classifier/cbr/conv", "classifier.cbr.0"),
+    (r"classifier/cbr/bn", "classifier.cbr.1"),
+    (r"classifier/scale", "classifier.scale.1"),
+    (r"classifier/(low_classifier|high_classifier)", r"classifier.\1"),
+]
+
+
+def _prefixed(rules: list[Rule], flax_prefix: str, torch_prefix: str) -> list[Rule]:
+    return [(flax_prefix + pattern, torch_prefix + repl) for pattern, repl in rules]
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """How one torchvision architecture maps onto segjax.
+
+    Attributes:
+      name: torchvision's name.
+      family: ``"vgg"``, ``"resnet"`` or ``"mobilenet_v3"`` (the backbone).
+      segmentation: a full segmentation model (else an ImageNet backbone).
+      rules: Flax module path → torch module path rewrites (full paths, ``backbone/`` included).
+      ignored_prefixes: torch keys deliberately dropped (ImageNet classifiers).
+      head_keys: torch module paths of the final classifier layers (their output channels
+        are the classes; ``drop_head`` leaves them out).
+      aux_prefix: torch prefix of the auxiliary head (its presence decides ``aux``).
+      users: segjax models whose ``backbone`` this checkpoint initialises (documentation and
+        ``--target`` suggestions).
+    """
+
+    name: str
+    family: str
+    segmentation: bool
+    rules: tuple[Rule, ...]
+    ignored_prefixes: tuple[str, ...] = ()
+    head_keys: tuple[str, ...] = ()
+    aux_prefix: str | None = None
+    users: tuple[str, ...] = ()
+
+
+def _backbone_rules(family: str, seg: bool) -> list[Rule]:
+    if family == "resnet":
+        return _prefixed(_RESNET_RULES, "backbone/", "backbone." if seg else "")
+    if family == "vgg":
+        return _prefixed(_VGG_RULES, "backbone/", "")
+    if family == "mobilenet_v3":
+        # Segmentation models wrap ``mobilenet_v3_large().features`` itself as ``backbone``.
+        return _prefixed(_mobilenet_rules("backbone." if seg else "features."), "backbone/", "")
+    raise ValueError(family)
+
+
+def _make_archs() -> dict[str, Arch]:
+    archs = {
+        "vgg16": Arch(
+            "vgg16",
+            "vgg",
+            False,
+            tuple(_backbone_rules("vgg", False)),
+            ("classifier.6.",),
+            users=("fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16"),
+        ),
+        "mobilenet_v3_large": Arch(
+            "mobilenet_v3_large",
+            "mobilenet_v3",
+            False,
+            tuple(_backbone_rules("mobilenet_v3", False)),
+            ("classifier.",),
+            users=("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"),
+        ),
+    }
+    for depth in (50, 101):
+        archs[f"resnet{depth}"] = Arch(
+            f"resnet{depth}",
+            "resnet",
+            False,
+            tuple(_backbone_rules("resnet", False)),
+            ("fc.",),
+            users=(
+                f"fcn_resnet{depth}",
+                f"deeplabv3_resnet{depth}",
+                f"deeplabv3plus_resnet{depth}",
+            )
+            + (("deeplabv2_resnet101",) if depth == 101 else ()),
+        )
+        archs[f"fcn_resnet{depth}"] = Arch(
+            f"fcn_resnet{depth}",
+            "resnet",
+            True,
+            tuple(_backbone_rules("resnet", True) + _FCN_HEAD_RULES),
+            head_keys=("classifier.4", "aux_classifier.4"),
+            aux_prefix="aux_classifier.",
+        )
+        archs[f"deeplabv3_resnet{depth}"] = Arch(
+            f"deeplabv3_resnet{depth}",
+            "resnet",
+            True,
+            tuple(_backbone_rules("resnet", True) + _DEEPLAB_HEAD_RULES),
+            head_keys=("classifier.4", "aux_classifier.4"),
+            aux_prefix="aux_classifier.",
+        )
+    archs["deeplabv3_mobilenet_v3_large"] = Arch(
+        "deeplabv3_mobilenet_v3_large",
+        "mobilenet_v3",
+        True,
+        tuple(_backbone_rules("mobilenet_v3", True) + _DEEPLAB_HEAD_RULES),
+        head_keys=("classifier.4", "aux_classifier.4"),
+        aux_prefix="aux_classifier.",
+    )
+    archs["lraspp_mobilenet_v3_large"] = Arch(
+        "lraspp_mobilenet_v3_large",
+        "mobilenet_v3",
+        True,
+        tuple(_backbone_rules("mobilenet_v3", True) + _LRASPP_HEAD_RULES),
+        head_keys=("classifier.low_classifier", "classifier.high_classifier"),
+    )
+    return archs
+
+
+ARCHS: dict[str, Arch] = _make_archs()
+
+
+def arch_spec(arch: str) -> Arch:
+    """The :class:`Arch` of torchvision name ``arch``.
+
+    Raises:
+      ConversionError: unknown name (the message lists the known ones).
+    """
+    if arch not in ARCHS:
+        raise ConversionError(
+            f"unknown torchvision arch {arch!r}; expected one of: {', '.join(sorted(ARCHS))}"
+        )
+    return ARCHS[arch]
+
+
+# --------------------------------------------------------------------------- target modules
+
+
+def default_module(arch: str, *, num_classes: int | None = None, aux: bool = True):
+    """The full-size segjax module a conversion of ``arch`` targets.
+
+    Backbone archs target the backbone module alone (its variables are nested under
+    ``backbone`` in the result, where every segjax segmentation model keeps its backbone);
+    segmentation archs target ``segjax.models.create(arch, num_classes=…)``.
+    """
+    spec = arch_spec(arch)
+    if not spec.segmentation:
+        from segjax.models.backbones import mobilenet, resnet, vgg
+
+        if spec.family == "vgg":
+            return vgg.VGG16()
+        if spec.family == "resnet":
+            return resnet.ResNet(depth=int(arch[len("resnet") :]))
+        return mobilenet.MobileNetV3Large(dilated=False)
+    from segjax import models
+
+    if num_classes is None:
+        raise ConversionError(f"{arch}: num_classes is needed to build the segmentation model")
+    kwargs = {} if spec.aux_prefix is None else {"aux": aux}
+    return models.create(arch, num_classes=num_classes, **kwargs)
+
+
+def abstract_variables(module, spec: Arch, image_size: int = 64) -> dict:
+    """Shapes of ``module``'s variables (``jax.eval_shape``; nothing is computed).
+
+    For a backbone arch the result is nested under ``backbone`` like in the segmentation
+    models.
+    """
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), images)
+    shapes = {k: v for k, v in shapes.items() if k in ("params", "batch_stats")}
+    if not spec.segmentation:
+        shapes = {k: {"backbone": v} for k, v in shapes.items()}
+    return shapes
+
+
+# --------------------------------------------------------------------------- leaf mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """One Flax leaf and its torchvision counterpart."""
+
+    collection: str
+    path: tuple[str, ...]  # module path + leaf name, without the collection
+    shape: tuple[int, ...]  # Flax shape
+    torch_key: str
+    layout: str  # "conv" (OIHW ↔ HWIO), "linear_conv" (Linear ↔ k×k conv) or "same"
+
+    @property
+    def flax_name(self) -> str:
+        return "/".join((self.collection, *self.path))
+
+    def torch_shape(self) -> tuple[int, ...]:
+        """The shape torchvision stores for this leaf."""
+        if self.layout == "conv":
+            h, w, i, o = self.shape
+            return (o, i, h, w)
+        if self.layout == "linear_conv":
+            h, w, i, o = self.shape
+            return (o, i * h * w)
+        return self.shape
+
+
+def _torch_module(spec: Arch, module_path: str) -> str:
+    for pattern, repl in spec.rules:
+        if re.fullmatch(pattern, module_path):
+            return re.sub(pattern, repl, module_path, count=1)
+    raise ConversionError(
+        f"{spec.name}: no torchvision counterpart for the segjax module {module_path!r}; "
+        "the target model does not have torchvision's structure (check its options)"
+    )
+
+
+def plan(spec: Arch, abstract: Mapping[str, Any]) -> list[Leaf]:
+    """Maps every leaf of ``abstract`` (from :func:`abstract_variables`) to a torch key."""
+    leaves = []
+    flat, _ = jax.tree_util.tree_flatten_with_path(dict(abstract))
+    for key_path, value in flat:
+        names = tuple(str(getattr(k, "key", k)) for k in key_path)
+        collection, path = names[0], names[1:]
+        module_path, leaf = "/".join(path[:-1]), path[-1]
+        torch_module = _torch_module(spec, module_path)
+        shape = tuple(value.shape)
+        if leaf == "kernel":
+            torch_leaf = "weight"
+            is_fc = spec.family == "vgg" and path[-2] in ("fc6", "fc7")
+            layout = "linear_conv" if is_fc else "conv"
+        elif (collection, leaf) in BN_TORCH_LEAVES:
+            torch_leaf, layout = BN_TORCH_LEAVES[(collection, leaf)], "same"
+        else:
+            raise ConversionError(f"{spec.name}: unexpected segjax leaf {collection}/{path}")
+        leaves.append(Leaf(collection, path, shape, f"{torch_module}.{torch_leaf}", layout))
+    return leaves
+
+
+def _to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value)
+
+
+def _to_flax(leaf: Leaf, value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value, np.float32)
+    if leaf.layout == "conv":
+        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+    if leaf.layout == "linear_conv":
+        h, w, i, o = leaf.shape
+        return np.ascontiguousarray(value.reshape(o, i, h, w).transpose(2, 3, 1, 0))
+    return value
+
+
+def _to_torch(leaf: Leaf, value: np.ndarray) -> np.ndarray:
+    value = np.asarray(value)
+    if leaf.layout == "conv":
+        return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+    if leaf.layout == "linear_conv":
+        o = leaf.shape[3]
+        return np.ascontiguousarray(value.transpose(3, 2, 0, 1).reshape(o, -1))
+    return value
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    tree[path[-1]] = value
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def strip_wrappers(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Unwraps ``{"model": sd}`` / ``{"state_dict": sd}`` and a DataParallel ``module.`` prefix."""
+    sd = dict(state_dict)
+    for wrapper in ("model", "state_dict"):
+        if set(sd) == {wrapper} or (wrapper in sd and isinstance(sd[wrapper], Mapping)):
+            sd = dict(sd[wrapper])
+            break
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def head_classes(state_dict: Mapping[str, Any], arch: str) -> int | None:
+    """Number of classes of a segmentation checkpoint's head (``None`` for backbones)."""
+    spec = arch_spec(arch)
+    if not spec.segmentation:
+        return None
+    key = spec.head_keys[0] + ".weight"
+    if key not in state_dict:
+        return None
+    return int(_to_numpy(state_dict[key]).shape[0])
+
+
+def has_aux(state_dict: Mapping[str, Any], arch: str) -> bool:
+    """Whether a segmentation checkpoint holds an auxiliary head (``aux_classifier.*``)."""
+    spec = arch_spec(arch)
+    return spec.aux_prefix is not None and any(k.startswith(spec.aux_prefix) for k in state_dict)
+
+
+def _is_head(spec: Arch, torch_key: str) -> bool:
+    return any(torch_key.startswith(h + ".") for h in spec.head_keys)
+
+
+def is_ignored(spec: Arch, torch_key: str) -> bool:
+    """Keys dropped on purpose: ``num_batches_tracked`` and ImageNet classifier layers."""
+    return torch_key.endswith("num_batches_tracked") or any(
+        torch_key.startswith(p) for p in spec.ignored_prefixes
+    )
+
+
+def _listing(keys, limit: int = 20) -> str:
+    keys = sorted(keys)
+    more = f" … and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _check_keys(spec: Arch, state_dict: Mapping[str, Any], leaves: list[Leaf], drop_head: bool):
+    expected = {leaf.torch_key for leaf in leaves}
+    given = {k for k in state_dict if not is_ignored(spec, k)}
+    if drop_head:
+        given = {k for k in given if not _is_head(spec, k)}
+    missing, unexpected = expected - given, given - expected
+    if not missing and not unexpected:
+        return
+    lines = [f"state dict does not match torchvision {spec.name!r}:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {_listing(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    if not spec.segmentation and any(k.startswith("backbone.") for k in unexpected):
+        lines.append(
+            "  keys start with 'backbone.': this is a segmentation checkpoint; use its "
+            "segmentation arch (e.g. fcn_resnet50, deeplabv3_resnet101)"
+        )
+    elif spec.segmentation and unexpected and not any(k.startswith("backbone.") for k in given):
+        lines.append(
+            "  no key starts with 'backbone.': this looks like an ImageNet backbone checkpoint; "
+            "use its backbone arch (vgg16, resnet50, resnet101, mobilenet_v3_large)"
+        )
+    raise ConversionError("\n".join(lines))
+
+
+def convert(
+    state_dict: Mapping[str, Any],
+    arch: str,
+    *,
+    num_classes: int | None = None,
+    drop_head: bool = False,
+    module=None,
+) -> dict:
+    """Converts a torchvision state dict to segjax variables.
+
+    Args:
+      state_dict: torch key → array (NumPy or torch tensor), e.g. ``torch.load(path)`` or
+        ``safetensors.numpy.load_file(path)``.
+      arch: torchvision's name (see :data:`ARCHS`).
+      num_classes: segmentation archs only: the classes the caller expects. ``None`` takes
+        the checkpoint's. A different number is an error (see ``drop_head``).
+      drop_head: segmentation archs only: leave the final classifier layers out (to fine-tune
+        on other classes with ``init_from``, which keeps those at their initial value).
+      module: the target Flax module (default :func:`default_module`); tests pass tiny
+        variants with torchvision's structure. Backbone archs: the backbone module.
+
+    Returns:
+      ``{"params": …, "batch_stats": …}`` of float32 NumPy arrays (``batch_stats`` omitted for
+      VGG16). Backbone archs give only ``backbone/…``.
+
+    Raises:
+      ConversionError: unknown arch, missing / unexpected keys (listed), a shape mismatch
+        (key and both shapes), or a class count that differs from the checkpoint's head.
+    """
+    spec = arch_spec(arch)
+    state_dict = strip_wrappers(state_dict)
+    aux = True
+    if spec.segmentation:
+        found = head_classes(state_dict, arch)
+        if num_classes is not None and found is not None and found != num_classes:
+            if not drop_head:
+                raise ConversionError(
+                    f"{arch}: the checkpoint's head ({spec.head_keys[0]}.weight) has {found} "
+                    f"classes, but num_classes={num_classes} was asked. To fine-tune on "
+                    f"{num_classes} classes, either import with the checkpoint's {found} classes "
+                    "(omit --num_classes) or drop the head (--drop_head / drop_head=True), then "
+                    f"train the {num_classes}-class model with config.init_from=DIR: "
+                    "checkpoint.merge_pretrained loads everything else and keeps the new head "
+                    "at its initial value (reported as kept_initial / shape_mismatch)."
+                )
+        if num_classes is None:
+            if found is None:
+                raise ConversionError(
+                    f"{arch}: no {spec.head_keys[0]}.weight in the checkpoint to read the "
+                    "number of classes from; pass num_classes"
+                )
+            num_classes = found
+        aux = has_aux(state_dict, arch)
+    if module is None:
+        module = default_module(arch, num_classes=num_classes, aux=aux)
+    leaves = plan(spec, abstract_variables(module, spec))
+    if drop_head:
+        leaves = [leaf for leaf in leaves if not _is_head(spec, leaf.torch_key)]
+    _check_keys(spec, state_dict, leaves, drop_head)
+
+    variables: dict = {}
+    for leaf in leaves:
+        value = _to_numpy(state_dict[leaf.torch_key])
+        if tuple(value.shape) != leaf.torch_shape():
+            raise ConversionError(
+                f"{arch}: shape mismatch for {leaf.torch_key}: checkpoint {tuple(value.shape)}, "
+                f"expected {leaf.torch_shape()} (segjax {leaf.flax_name} {leaf.shape})"
+            )
+        _set(variables, (leaf.collection, *leaf.path), _to_flax(leaf, value))
+    return variables
+
+
+def export(
+    variables: Mapping[str, Any],
+    arch: str,
+    *,
+    num_batches_tracked: bool = False,
+) -> dict[str, np.ndarray]:
+    """The inverse of :func:`convert`: segjax variables → torchvision state dict (NumPy).
+
+    Args:
+      variables: ``{"params": …, "batch_stats": …}`` as :func:`convert` returns them (or a
+        segjax model's variables; backbone archs read only ``backbone/…``).
+      arch: torchvision's name.
+      num_batches_tracked: also emit a zero ``num_batches_tracked`` for every BatchNorm, so
+        ``torch_model.load_state_dict({k: torch.from_numpy(v) …})`` works with ``strict=True``.
+
+    Returns:
+      torch key → NumPy array in torch layout (float32, bit-identical to the converted input).
+    """
+    spec = arch_spec(arch)
+    abstract = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    if not spec.segmentation:
+        abstract = {k: {"backbone": v["backbone"]} for k, v in abstract.items() if "backbone" in v}
+    out: dict[str, np.ndarray] = {}
+    for leaf in plan(spec, jax.tree.map(np.asarray, abstract)):
+        tree = abstract[leaf.collection]
+        for name in leaf.path:
+            tree = tree[name]
+        out[leaf.torch_key] = _to_torch(leaf, np.asarray(tree))
+        if num_batches_tracked and leaf.torch_key.endswith(".running_mean"):
+            prefix = leaf.torch_key[: -len("running_mean")]
+            out[prefix + "num_batches_tracked"] = np.zeros((), np.int64)
+    return out
