@@ -350,3 +350,20 @@ def test_full_size_parity(arch):
         err = relative_error(got[name], value)
         print(f"{arch} {name}: max abs diff / max abs ref = {err:.2e}")
         assert err <= RTOL, f"{arch} {name}: {err:.2e}"
+
+
+@pytest.mark.torch
+def test_cli_reads_pth(tmp_path):
+    """A torch.save'd state dict (tensors, wrapped in {"model": …}) imports like safetensors."""
+    torch = pytest.importorskip("torch")
+    sd = fixture_state_dict("fcn_resnet")
+    path = str(tmp_path / "fcn.pth")
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}}, path)
+    out = str(tmp_path / "imported")
+    kwargs = {"width": 8, "stage_blocks": [1, 1, 1, 3]}
+    import_torchvision.main(
+        ["--arch", "fcn_resnet50", "--checkpoint", path, "--output", out,
+         "--model_kwargs", json.dumps(kwargs)]
+    )  # fmt: skip
+    expected = tv.convert(sd, "fcn_resnet50", module=CASES["fcn_resnet"][1]())
+    jax.tree.map(np.testing.assert_array_equal, checkpoint.load_variables(out), expected)

@@ -158,21 +158,29 @@ def main(argv: list[str] | None = None) -> dict:
     except (tv.ConversionError, ValueError, FileNotFoundError, TypeError) as e:
         fail(str(e))
     ignored = sorted(k for k in state if tv.is_ignored(spec, k) and "num_batches_tracked" not in k)
-    count = sum(v.size for tree in variables.values() for v in _leaves(tree))
+    params = sum(v.size for v in _leaves(variables["params"]))
+    stats = sum(v.size for v in _leaves(variables.get("batch_stats", {})))
     checkpoint.save_variables(args.output, variables)
     what = "backbone" if not spec.segmentation else f"{num_classes}-class model"
-    print(f"{args.arch}: wrote {count:,} values ({what}) to {os.path.abspath(args.output)}")
+    if args.drop_head:
+        what = "model without its final classifiers"
+    print(
+        f"{args.arch}: wrote {params:,} parameters and {stats:,} BatchNorm statistics ({what}) "
+        f"to {os.path.abspath(args.output)}"
+    )
     if spec.segmentation and spec.aux_prefix is not None:
         print(f"  auxiliary head: {'yes' if aux else 'no (build the model with aux=False)'}")
     if args.drop_head:
         print(f"  head left out: {', '.join(spec.head_keys)}")
     if ignored:
         print(f"  ignored (ImageNet classifier): {', '.join(ignored)}")
-    if spec.segmentation:
+    if spec.segmentation and not args.drop_head:
         print(
             f"  use: --config.init_from={args.output} (train), or --checkpoint {args.output} "
             f"(evaluate / predict) with model.name={args.arch}, model.num_classes={num_classes}"
         )
+    elif spec.segmentation:
+        print(f"  use: --config.init_from={args.output} (train; the new head starts afresh)")
     else:
         print(
             f"  use: --config.init_from={args.output} with a model built on {args.arch} "

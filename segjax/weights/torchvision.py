@@ -10,7 +10,8 @@ are all detected before anything is returned.
 torchvision ``arch``            target (Flax paths)
 =============================  ================================================================
 ``vgg16``                       ``backbone/…`` of the FCN-VGG16 models (``features_{i}``, fc6 as
-                                a 7×7 conv, fc7 as a 1×1 conv; ``classifier.6`` is ignored)
+                                a 7×7 conv, fc7 as a 1×1 conv; ``classifier.6`` is ignored);
+                                DeepLab v1 takes its 13 convs
 ``resnet50``, ``resnet101``     ``backbone/…`` of every ResNet model (FCN, DeepLab v2/v3/v3+,
                                 PSPNet); ``fc.*`` is ignored
 ``mobilenet_v3_large``          ``backbone/features_{i}/…`` of the MobileNetV3 models
@@ -165,7 +166,7 @@ def _make_archs() -> dict[str, Arch]:
             False,
             tuple(_backbone_rules("vgg", False)),
             ("classifier.6.",),
-            users=("fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16"),
+            users=("fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16", "deeplabv1_vgg16 (convs)"),
         ),
         "mobilenet_v3_large": Arch(
             "mobilenet_v3_large",
@@ -187,6 +188,7 @@ def _make_archs() -> dict[str, Arch]:
                 f"fcn_resnet{depth}",
                 f"deeplabv3_resnet{depth}",
                 f"deeplabv3plus_resnet{depth}",
+                f"pspnet_resnet{depth}",
             )
             + (("deeplabv2_resnet101",) if depth == 101 else ()),
         )
