@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -91,27 +92,53 @@ def test_every_arch_has_a_fixture():
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_parity_with_torchvision(case):
     archs, build = CASES[case]
-    meta = _manifest()[case]
     sd = fixture_state_dict(case)
     module = build()
     variables = tv.convert(sd, archs[0], module=module)
     # The other depth's name maps the same keys to the same arrays.
     for other in archs[1:]:
-        jax.tree.map(np.testing.assert_array_equal, variables, tv.convert(sd, other, module=module))
+        chex.assert_trees_all_equal(variables, tv.convert(sd, other, module=module))
     if not tv.ARCHS[archs[0]].segmentation:
         variables = {k: v["backbone"] for k, v in variables.items()}
 
+    errors = parity_errors(case, variables)
+    for name, err in errors.items():
+        assert err <= RTOL, f"{case} {name}: max abs diff / max abs ref = {err:.2e}"
+
+
+@functools.cache
+def _jitted_apply(case: str):
+    module = CASES[case][1]()
+    return jax.jit(lambda v, x: module.apply(v, x, train=False))
+
+
+def parity_errors(case: str, variables: dict) -> dict[str, float]:
+    """max |segjax − torchvision| / max |torchvision| of every recorded output of ``case``."""
+    meta = _manifest()[case]
     x = fixture_values.image(tuple(meta["input_shape"]))
     assert fixture_values.checksum({"x": x}) == meta["input_checksum"]
-    out = jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, x)
+    out = _jitted_apply(case)(variables, x)
     expected = np.load(os.path.join(FIXTURES, f"{case}.npz"))
     assert sorted(expected.files) == sorted(meta["outputs"])
+    errors = {}
     for name in expected.files:
         got = out[name]
         if name == "fc7":  # torchvision's Linear on the 7×7 pool5 = the conv's centre pixel
             got = got[:, 3:4, 3:4]
-        err = relative_error(got, expected[name])
-        assert err <= RTOL, f"{case} {name}: max abs diff / max abs ref = {err:.2e}"
+        errors[name] = relative_error(got, expected[name])
+    return errors
+
+
+def test_parity_check_catches_a_layout_bug():
+    """Negative control: a kernel flipped in H (a classic OIHW→HWIO slip) breaks parity."""
+    sd = fixture_state_dict("resnet50")
+    variables = tv.convert(sd, "resnet50", module=CASES["resnet50"][1]())
+    variables = {k: v["backbone"] for k, v in variables.items()}
+    conv2 = variables["params"]["layer2_0"]["conv2"]
+    conv2["kernel"] = conv2["kernel"][::-1]
+    errors = parity_errors("resnet50", variables)
+    assert errors["layer1"] <= RTOL  # before the broken layer
+    assert errors["layer2"] > 100 * RTOL and errors["layer4"] > 100 * RTOL
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -131,7 +158,7 @@ def test_export_round_trips_exactly(case):
         assert sorted(full) == sorted(sd)
     # And back again: segjax → torch → segjax is the identity too.
     again = tv.convert(back, archs[0], module=build())
-    jax.tree.map(np.testing.assert_array_equal, variables, again)
+    chex.assert_trees_all_equal(variables, again)
 
 
 def test_layouts():
@@ -275,7 +302,7 @@ def test_cli_safetensors_to_checkpoint(tmp_path, capsys):
     assert "3-class model" in printed and "init_from" in printed
     restored = checkpoint.load_variables(out)
     expected = tv.convert(sd, case, module=CASES[case][1]())
-    jax.tree.map(np.testing.assert_array_equal, restored, expected)
+    chex.assert_trees_all_equal(restored, expected)
 
 
 def test_cli_errors(tmp_path, capsys):
@@ -366,4 +393,4 @@ def test_cli_reads_pth(tmp_path):
          "--model_kwargs", json.dumps(kwargs)]
     )  # fmt: skip
     expected = tv.convert(sd, "fcn_resnet50", module=CASES["fcn_resnet"][1]())
-    jax.tree.map(np.testing.assert_array_equal, checkpoint.load_variables(out), expected)
+    chex.assert_trees_all_equal(checkpoint.load_variables(out), expected)

@@ -54,7 +54,15 @@ def read_state_dict(path: str) -> dict:
                 f"save_file(torch.load('{os.path.basename(path)}', map_location='cpu'), "
                 "'model.safetensors')\" and pass the .safetensors file"
             ) from None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError and others for non-tensor pickles
+            raise ValueError(
+                f"{path}: torch.load(weights_only=True) failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}). A training checkpoint with "
+                "non-tensor objects? If you trust the file, re-save its state dict: "
+                "torch.save(torch.load(path, weights_only=False)['model'], 'model.pth')"
+            ) from None
         if not isinstance(state, dict):
             raise ValueError(
                 f"{path}: expected a state dict (a mapping of names to tensors), got "
