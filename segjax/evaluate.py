@@ -41,41 +41,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-process: number
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: index of this process.")
 
 
-def inference_options(
-    config,
-    *,
-    mode="whole",
-    crop=None,
-    stride=None,
-    tile_batch=4,
-    tile_size=388,
-    scales="1.0",
-    flip=False,
-    crf=False,
-):
-    """:class:`segjax.inference.InferenceOptions` from command-line values and the config."""
-    from segjax import inference
-
-    crop = tuple(int(c) for c in crop) if crop else tuple(config.data.crop_size)
-    if len(crop) == 1:
-        crop = crop * 2
-    if stride:
-        stride = tuple(int(s) for s in stride)
-        stride = stride * 2 if len(stride) == 1 else stride
-    else:
-        stride = tuple(max(1, (2 * c) // 3) for c in crop)
-    return inference.InferenceOptions(
-        mode=mode,
-        crop=crop,
-        stride=stride,
-        tile_batch=tile_batch,
-        tile_size=tile_size,
-        scales=inference.parse_scales(scales),
-        flip=flip,
-        crf=crf,
-    )
-
-
 def evaluate(config, variables, mesh, options, split, *, model=None, source=None):
     """Confusion matrix (int64 ``[C, C]``, summed over all processes) of ``split``.
 
@@ -276,8 +241,10 @@ def main(argv):
         cli.fail("--output is required with --checkpoint and no --workdir")
     output = cli.require_workdir(output)
     cli.setup_runtime(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    from segjax import inference
+
     with cli.clean_errors():
-        options = inference_options(
+        options = inference.options_for(
             config,
             mode=_MODE.value,
             crop=_CROP.value,

@@ -310,6 +310,41 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+def options_for(
+    config,
+    *,
+    mode="whole",
+    crop=None,
+    stride=None,
+    tile_batch=4,
+    tile_size=388,
+    scales="1.0",
+    flip=False,
+    crf=False,
+):
+    """:class:`InferenceOptions` from command-line values (``crop``/``stride`` as lists of
+    strings, ``scales`` as text); the crop defaults to ``config.data.crop_size`` and the stride
+    to two thirds of the crop."""
+    crop = tuple(int(c) for c in crop) if crop else tuple(config.data.crop_size)
+    if len(crop) == 1:
+        crop = crop * 2
+    if stride:
+        stride = tuple(int(s) for s in stride)
+        stride = stride * 2 if len(stride) == 1 else stride
+    else:
+        stride = tuple(max(1, (2 * c) // 3) for c in crop)
+    return InferenceOptions(
+        mode=mode,
+        crop=crop,
+        stride=stride,
+        tile_batch=tile_batch,
+        tile_size=tile_size,
+        scales=parse_scales(scales),
+        flip=flip,
+        crf=crf,
+    )
+
+
 def load_variables(
     config: ml_collections.ConfigDict,
     *,
