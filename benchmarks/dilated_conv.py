@@ -102,7 +102,7 @@ def main(argv=None) -> None:
             size = 2 * rate + 1 if name == "dense" else 3
             print(
                 f"{rate:>4} {name:<7} {f'{size}×{size}':>7} {fwd:>9.2f} {both:>11.2f} "
-                f"{3 * useful / both / 1e6:>8.2f} {both / reference:>13.2f}"
+                f"{3 * useful / both / 1e6:>8.3g} {both / reference:>13.1f}"
             )
 
 
