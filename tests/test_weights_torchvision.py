@@ -266,7 +266,11 @@ def test_checkpoint_without_aux_head():
 
 @pytest.mark.parametrize(
     "case, target",
-    [("resnet50", "deeplabv3plus_tiny"), ("vgg16", "fcn8s_vgg16_tiny")],
+    [
+        ("resnet50", "deeplabv3plus_tiny"),
+        ("vgg16", "fcn8s_vgg16_tiny"),
+        ("mobilenet_v3_large", "lraspp_mobilenet_v3_large_tiny"),
+    ],
 )
 def test_backbone_initialises_segmentation_models(case, target):
     archs, build = CASES[case]
