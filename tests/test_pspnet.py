@@ -99,22 +99,15 @@ class PyramidPoolingVariantsTest(chex.TestCase):
         )
 
 
-def test_forward_train_and_backward_finite():
-    # Full tiny PSPNet forward in training mode; backward through pyramid pooling and the head.
-    # (test_deeplab compiles one full-network backward on the same tiny ResNet.)
+def test_forward_and_backward_finite():
+    # Full tiny PSPNet forward; backward (training mode) through the pyramid pooling module.
+    # (test_deeplab compiles one full-network training backward on the same tiny ResNet.)
     model = models.create("pspnet_tiny", num_classes=4)
     x = jax.random.normal(jax.random.key(0), (2, 33, 31, 3))
     variables = random_variables(model, x)
-    out, state = jax.jit(
-        functools.partial(
-            model.apply,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": jax.random.key(1, impl="rbg")},
-        )
-    )(variables, x)
+    out = jax.jit(functools.partial(model.apply, train=False))(variables, x)
     chex.assert_shape([out["out"], out["aux"]], (2, 33, 31, 4))
-    chex.assert_tree_all_finite((out, state))
+    chex.assert_tree_all_finite(out)
 
     ppm = pspnet.PyramidPooling(bins=(1, 2, 3, 6))
     feats = jax.random.normal(jax.random.key(2), (2, 5, 4, 8))
