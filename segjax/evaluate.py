@@ -13,32 +13,41 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import types  # noqa: E402
+
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints/ inside it).")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A checkpoints/ directory or a variables checkpoint (default: workdir's)."
-)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: config.data.eval_split).")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write results (default: the workdir).")
-_MODE = flags.DEFINE_enum("mode", "whole", ["whole", "slide", "tile"], "Inference strategy.")
-_CROP = flags.DEFINE_list("crop", None, "Sliding-window crop h,w (default: config.data.crop_size).")
-_STRIDE = flags.DEFINE_list("stride", None, "Sliding-window stride h,w (default: 2/3 of crop).")
-_TILE_BATCH = flags.DEFINE_integer("tile_batch", 4, "Tile positions per model call.")
-_TILE_SIZE = flags.DEFINE_integer("tile_size", 388, "Overlap-tile output tile side (--mode tile).")
-_SCALES = flags.DEFINE_string("scales", "1.0", "Comma-separated test-time scales.")
-_FLIP = flags.DEFINE_bool("flip", False, "Add horizontally flipped predictions.")
-_CRF = flags.DEFINE_bool("crf", False, "Refine with the dense CRF (segjax.crf).")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", "", "Multi-process: address of process 0 (host:port)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-process: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: index of this process.")
+
+def _define_flags():
+    """The command-line flags (defined only when run as a program, so the module can be
+    imported next to other segjax tools)."""
+    config = config_flags.DEFINE_config_file(
+        "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
+    )
+    workdir = flags.DEFINE_string("workdir", None, "Run directory (checkpoints/ inside it).")
+    checkpoint = flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "A checkpoints/ dir or a variables checkpoint (default: workdir's).",
+    )
+    step = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+    split = flags.DEFINE_string("split", None, "Split (default: data.eval_split).")
+    output = flags.DEFINE_string("output", None, "Where to write results (default: the workdir).")
+    mode = flags.DEFINE_enum("mode", "whole", ["whole", "slide", "tile"], "Inference strategy.")
+    crop = flags.DEFINE_list("crop", None, "Sliding-window crop h,w (default: data.crop_size).")
+    stride = flags.DEFINE_list("stride", None, "Sliding-window stride h,w (default: 2/3 of crop).")
+    tile_batch = flags.DEFINE_integer("tile_batch", 4, "Tile positions per model call.")
+    tile_size = flags.DEFINE_integer("tile_size", 388, "Overlap-tile output side (--mode tile).")
+    scales = flags.DEFINE_string("scales", "1.0", "Comma-separated test-time scales.")
+    flip = flags.DEFINE_bool("flip", False, "Add horizontally flipped predictions.")
+    crf = flags.DEFINE_bool("crf", False, "Refine with the dense CRF (segjax.crf).")
+    coordinator = flags.DEFINE_string(
+        "coordinator_address", "", "Multi-process: address of process 0 (host:port)."
+    )
+    num_processes = flags.DEFINE_integer("num_processes", 0, "Multi-process: number of processes.")
+    process_id = flags.DEFINE_integer("process_id", -1, "Multi-process: index of this process.")
+    return types.SimpleNamespace(**locals())
 
 
 def evaluate(config, variables, mesh, options, split, *, model=None, source=None):
@@ -228,43 +237,45 @@ def run(
 
 
 def main(argv):
+    f = _FLAGS
     from segjax import cli
 
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = cli.require_config(_CONFIG.value, "--config")
-    if not _WORKDIR.value and not _CHECKPOINT.value:
+    config = cli.require_config(f.config.value, "--config")
+    if not f.workdir.value and not f.checkpoint.value:
         cli.fail("give --workdir (its checkpoints/) or --checkpoint DIR")
-    workdir = _WORKDIR.value and os.path.abspath(os.path.expanduser(_WORKDIR.value))
-    output = _OUTPUT.value or workdir
+    workdir = f.workdir.value and os.path.abspath(os.path.expanduser(f.workdir.value))
+    output = f.output.value or workdir
     if not output:
         cli.fail("--output is required with --checkpoint and no --workdir")
     output = cli.require_workdir(output)
-    cli.setup_runtime(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    cli.setup_runtime(f.coordinator.value, f.num_processes.value, f.process_id.value)
     from segjax import inference
 
     with cli.clean_errors():
         options = inference.options_for(
             config,
-            mode=_MODE.value,
-            crop=_CROP.value,
-            stride=_STRIDE.value,
-            tile_batch=_TILE_BATCH.value,
-            tile_size=_TILE_SIZE.value,
-            scales=_SCALES.value,
-            flip=_FLIP.value,
-            crf=_CRF.value,
+            mode=f.mode.value,
+            crop=f.crop.value,
+            stride=f.stride.value,
+            tile_batch=f.tile_batch.value,
+            tile_size=f.tile_size.value,
+            scales=f.scales.value,
+            flip=f.flip.value,
+            crf=f.crf.value,
         )
         run(
             config,
             workdir=workdir,
-            checkpoint_dir=_CHECKPOINT.value,
-            step=_STEP.value,
-            split=_SPLIT.value,
+            checkpoint_dir=f.checkpoint.value,
+            step=f.step.value,
+            split=f.split.value,
             options=options,
             output_dir=output,
         )
 
 
 if __name__ == "__main__":
+    _FLAGS = _define_flags()
     app.run(main, flags_parser=lambda argv: __import__("segjax.cli").cli.parse_flags(argv))

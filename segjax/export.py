@@ -19,23 +19,31 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import types  # noqa: E402
+
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints/ inside it).")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A checkpoints/ directory or a variables checkpoint."
-)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
-_PLATFORMS = flags.DEFINE_list("platforms", ["cpu"], "Platforms to lower for (cpu, cuda, tpu).")
-_PROBABILITIES = flags.DEFINE_bool("probabilities", False, "Output softmax instead of logits.")
-_UINT8_INPUT = flags.DEFINE_bool(
-    "uint8_input", False, "Take uint8 RGB images and normalise inside (config mean/std)."
-)
+
+def _define_flags():
+    """The command-line flags (defined only when run as a program, so the module can be
+    imported next to other segjax tools)."""
+    config = config_flags.DEFINE_config_file(
+        "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
+    )
+    workdir = flags.DEFINE_string("workdir", None, "Run directory (checkpoints/ inside it).")
+    checkpoint = flags.DEFINE_string(
+        "checkpoint", None, "A checkpoints/ directory or a variables checkpoint."
+    )
+    step = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+    output = flags.DEFINE_string("output", None, "Output directory.")
+    platforms = flags.DEFINE_list("platforms", ["cpu"], "Platforms to lower for (cpu, cuda, tpu).")
+    probabilities = flags.DEFINE_bool("probabilities", False, "Output softmax instead of logits.")
+    uint8_input = flags.DEFINE_bool(
+        "uint8_input", False, "Take uint8 RGB images and normalise inside (config mean/std)."
+    )
+    return types.SimpleNamespace(**locals())
+
 
 FILENAME = "model.stablehlo"
 METADATA = "model.json"
@@ -156,32 +164,36 @@ def load(path: str):
 
 
 def main(argv):
+    f = _FLAGS
     from segjax import cli
 
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = cli.require_config(_CONFIG.value, "--config")
-    if not _WORKDIR.value and not _CHECKPOINT.value:
+    config = cli.require_config(f.config.value, "--config")
+    if not f.workdir.value and not f.checkpoint.value:
         cli.fail("give --workdir (its checkpoints/) or --checkpoint DIR")
-    if not _OUTPUT.value:
+    if not f.output.value:
         cli.fail("--output is required")
-    output = cli.require_workdir(_OUTPUT.value)
+    output = cli.require_workdir(f.output.value)
     cli.setup_runtime()
     from segjax import inference
 
     with cli.clean_errors():
         trainer, variables, step = inference.load_variables(
-            config, workdir=_WORKDIR.value, checkpoint_dir=_CHECKPOINT.value, step=_STEP.value
+            config,
+            workdir=f.workdir.value,
+            checkpoint_dir=f.checkpoint.value,
+            step=f.step.value,
         )
-        mean = tuple(config.data.mean) if _UINT8_INPUT.value else None
-        std = tuple(config.data.std) if _UINT8_INPUT.value else None
+        mean = tuple(config.data.mean) if f.uint8_input.value else None
+        std = tuple(config.data.std) if f.uint8_input.value else None
         exported = export_model(
             trainer.model,
             variables,
-            probabilities=_PROBABILITIES.value,
+            probabilities=f.probabilities.value,
             mean=mean,
             std=std,
-            platforms=_PLATFORMS.value,
+            platforms=f.platforms.value,
         )
         metadata = {
             "model": config.model.name,
@@ -189,17 +201,18 @@ def main(argv):
             "num_classes": config.model.num_classes,
             "step": step,
             "input": "uint8 RGB [B, H, W, 3]"
-            if _UINT8_INPUT.value
+            if f.uint8_input.value
             else "float32 [B, H, W, 3], normalised with mean/std",
             "mean": list(config.data.mean),
             "std": list(config.data.std),
-            "output": ("probabilities" if _PROBABILITIES.value else "logits")
+            "output": ("probabilities" if f.probabilities.value else "logits")
             + " float32 [B, H, W, num_classes]",
-            "platforms": list(_PLATFORMS.value),
+            "platforms": list(f.platforms.value),
         }
         path = save(exported, output, metadata)
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)", flush=True)
 
 
 if __name__ == "__main__":
+    _FLAGS = _define_flags()
     app.run(main, flags_parser=lambda argv: __import__("segjax.cli").cli.parse_flags(argv))

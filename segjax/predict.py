@@ -15,27 +15,34 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import types  # noqa: E402
+
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints/ inside it).")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A checkpoints/ directory or a variables checkpoint."
-)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
-_MODE = flags.DEFINE_enum("mode", "whole", ["whole", "slide", "tile"], "Inference strategy.")
-_CROP = flags.DEFINE_list("crop", None, "Sliding-window crop h,w (default: config.data.crop_size).")
-_STRIDE = flags.DEFINE_list("stride", None, "Sliding-window stride h,w (default: 2/3 of crop).")
-_TILE_BATCH = flags.DEFINE_integer("tile_batch", 4, "Tile positions per model call.")
-_TILE_SIZE = flags.DEFINE_integer("tile_size", 388, "Overlap-tile output tile side (--mode tile).")
-_SCALES = flags.DEFINE_string("scales", "1.0", "Comma-separated test-time scales.")
-_FLIP = flags.DEFINE_bool("flip", False, "Add horizontally flipped predictions.")
-_CRF = flags.DEFINE_bool("crf", False, "Refine with the dense CRF (segjax.crf).")
-_ALPHA = flags.DEFINE_float("alpha", 0.5, "Opacity of the colour map in the overlay.")
+
+def _define_flags():
+    """The command-line flags (defined only when run as a program, so the module can be
+    imported next to other segjax tools)."""
+    config = config_flags.DEFINE_config_file(
+        "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
+    )
+    workdir = flags.DEFINE_string("workdir", None, "Run directory (checkpoints/ inside it).")
+    checkpoint = flags.DEFINE_string(
+        "checkpoint", None, "A checkpoints/ directory or a variables checkpoint."
+    )
+    step = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+    output = flags.DEFINE_string("output", None, "Output directory.")
+    mode = flags.DEFINE_enum("mode", "whole", ["whole", "slide", "tile"], "Inference strategy.")
+    crop = flags.DEFINE_list("crop", None, "Sliding-window crop h,w (default: data.crop_size).")
+    stride = flags.DEFINE_list("stride", None, "Sliding-window stride h,w (default: 2/3 of crop).")
+    tile_batch = flags.DEFINE_integer("tile_batch", 4, "Tile positions per model call.")
+    tile_size = flags.DEFINE_integer("tile_size", 388, "Overlap-tile output side (--mode tile).")
+    scales = flags.DEFINE_string("scales", "1.0", "Comma-separated test-time scales.")
+    flip = flags.DEFINE_bool("flip", False, "Add horizontally flipped predictions.")
+    crf = flags.DEFINE_bool("crf", False, "Refine with the dense CRF (segjax.crf).")
+    alpha = flags.DEFINE_float("alpha", 0.5, "Opacity of the colour map in the overlay.")
+    return types.SimpleNamespace(**locals())
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -148,37 +155,47 @@ def predict_files(
 
 
 def main(argv):
+    f = _FLAGS
     from segjax import cli
 
-    config = cli.require_config(_CONFIG.value, "--config")
+    config = cli.require_config(f.config.value, "--config")
     inputs = argv[1:]
     if not inputs:
         cli.fail("no inputs: give image files or folders after the flags")
-    if not _WORKDIR.value and not _CHECKPOINT.value:
+    if not f.workdir.value and not f.checkpoint.value:
         cli.fail("give --workdir (its checkpoints/) or --checkpoint DIR")
-    if not _OUTPUT.value:
+    if not f.output.value:
         cli.fail("--output is required")
-    output = cli.require_workdir(_OUTPUT.value)
+    output = cli.require_workdir(f.output.value)
     cli.setup_runtime()
     from segjax import inference
 
     with cli.clean_errors():
         options = inference.options_for(
             config,
-            mode=_MODE.value,
-            crop=_CROP.value,
-            stride=_STRIDE.value,
-            tile_batch=_TILE_BATCH.value,
-            tile_size=_TILE_SIZE.value,
-            scales=_SCALES.value,
-            flip=_FLIP.value,
-            crf=_CRF.value,
+            mode=f.mode.value,
+            crop=f.crop.value,
+            stride=f.stride.value,
+            tile_batch=f.tile_batch.value,
+            tile_size=f.tile_size.value,
+            scales=f.scales.value,
+            flip=f.flip.value,
+            crf=f.crf.value,
         )
         trainer, variables, _ = inference.load_variables(
-            config, workdir=_WORKDIR.value, checkpoint_dir=_CHECKPOINT.value, step=_STEP.value
+            config,
+            workdir=f.workdir.value,
+            checkpoint_dir=f.checkpoint.value,
+            step=f.step.value,
         )
         written, failures = predict_files(
-            config, variables, trainer.model, inputs, output, options=options, alpha=_ALPHA.value
+            config,
+            variables,
+            trainer.model,
+            inputs,
+            output,
+            options=options,
+            alpha=f.alpha.value,
         )
     print(f"wrote {len(written)} files to {output}", flush=True)
     if failures:
@@ -186,4 +203,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _FLAGS = _define_flags()
     app.run(main, flags_parser=lambda argv: __import__("segjax.cli").cli.parse_flags(argv))
