@@ -381,7 +381,7 @@ def load_variables(
         raise FileNotFoundError(f"no checkpoint directory at {path}")
     step_dirs = [d for d in os.listdir(path) if d.isdigit()]
     if step_dirs:
-        options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+        options = ocp.CheckpointManagerOptions(create=False)
         with ocp.CheckpointManager(path, options=options) as manager:
             available = list(manager.all_steps())
             if step is None:
