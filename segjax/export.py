@@ -130,7 +130,11 @@ def export_model(
     spec = jax.ShapeDtypeStruct((b, h, w, 3), dtype)
     try:
         return export.export(jax.jit(fn), platforms=tuple(platforms))(spec)
-    except (jax.errors.InconclusiveDimensionOperation, jax.errors.ConcretizationTypeError) as e:
+    except (
+        jax.errors.InconclusiveDimensionOperation,
+        jax.errors.ConcretizationTypeError,
+        TypeError,  # e.g. a symbolic size where Python needs an int (adaptive pooling)
+    ) as e:
         raise ValueError(
             f"model {type(model).__name__} cannot be exported for symbolic image sizes: its "
             f"forward pass branches on the size ({str(e).splitlines()[0]})"
