@@ -33,7 +33,10 @@ def pad_to_size(
     size: Sequence[int],
     image_fill: Sequence[float] = IMAGENET_MEAN,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Pads bottom/right to at least ``size``: image with ``image_fill`` (per channel), mask with 255."""
+    """Pads bottom/right to at least ``size``.
+
+    The image is filled with ``image_fill`` (per channel), the mask with 255.
+    """
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     ph, pw = tf.maximum(size[0] - h, 0), tf.maximum(size[1] - w, 0)
     fill = tf.constant(image_fill, tf.float32)

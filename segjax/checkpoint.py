@@ -24,7 +24,9 @@ def make_manager(workdir: str, keep: int, *, async_save: bool = True) -> ocp.Che
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,
     )
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
+    )
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -82,9 +84,7 @@ def merge_pretrained(variables: dict, pretrained: dict) -> tuple[dict, dict]:
       not in the checkpoint), ``unused`` (in the checkpoint, not in the model) and
       ``shape_mismatch`` (``"path: checkpoint shape vs model shape"``).
     """
-    flat_pre = {
-        path_to_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(pretrained)[0]
-    }
+    flat_pre = {path_to_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(pretrained)[0]}
     report = {"loaded": [], "kept_initial": [], "unused": [], "shape_mismatch": []}
     used = set()
 

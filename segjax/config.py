@@ -27,11 +27,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "shapes"
-    c.data.data_dir = ""  # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+    # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+    c.data.data_dir = ""
     c.data.manual_dir = ""  # where manually downloaded archives live (VOC, SBD, Cityscapes …)
     c.data.root = ""  # folder datasets: directory with images/ and masks/
     c.data.config_name = ""  # builder config (e.g. VOC "2012" or "aug")
+    c.data.download = False  # let builders fetch archives themselves (VOC, SBD, ADE20K)
     c.data.class_names = ()  # folder datasets: optional names, one per class
+    c.data.palette = ()  # folder datasets: optional RGB colour per class for predictions
     c.data.num_classes = 0  # folder datasets: number of classes (0 = from class_names)
     c.data.value_range = ()  # 16-bit images: (lo, hi) to scale to 0-255; () = each image's range
     c.data.skip_bad_examples = False  # count, log and skip unreadable examples instead of failing

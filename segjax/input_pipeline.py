@@ -80,7 +80,9 @@ def train_iterator(
     """
     d = config.data
     host_batch = _host_batch(config.train.batch_size, process_count)
-    base = source.as_dataset(d.train_split, process_index=process_index, process_count=process_count)
+    base = source.as_dataset(
+        d.train_split, process_index=process_index, process_count=process_count
+    )
     num_classes = source.info.num_classes
     base = base.map(lambda ex: _check_labels(ex, num_classes))
     if d.cache:
@@ -103,7 +105,7 @@ def train_iterator(
         example_seed = tf.stack(
             [tf.constant(seed, tf.int64), counter * process_count + process_index]
         )
-        image, mask = augment.train_transform(
+        image, mask = augment.train_transform_fast(
             ex["image"],
             ex["mask"],
             example_seed,
@@ -112,6 +114,8 @@ def train_iterator(
             hflip=d.hflip,
             mean=tuple(d.mean),
             std=tuple(d.std),
+            photometric=d.photometric,
+            cat_max_ratio=d.cat_max_ratio,
         )
         return {"image": image, "mask": mask}
 

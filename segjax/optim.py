@@ -51,7 +51,9 @@ def make_optimizer(
     if config.name == "sgd":
         if config.weight_decay:
             parts.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
-        parts.append(optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
+        parts.append(
+            optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+        )
     elif config.name == "adamw":
         parts.append(
             optax.adamw(

@@ -140,9 +140,7 @@ def state_shardings(abstract_state, mesh: Mesh, rules: Sequence[Sequence[str]], 
         mode = next((m for rx, m in compiled if rx.search(name)), "replicate")
         return NamedSharding(mesh, _spec_for(tuple(shape), mode, fsdp_size, min_size))
 
-    params = (
-        abstract_state["params"] if isinstance(abstract_state, dict) else abstract_state.params
-    )
+    params = abstract_state["params"] if isinstance(abstract_state, dict) else abstract_state.params
     param_specs = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         key = path_to_str(path)
@@ -163,6 +161,5 @@ def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     """Assembles each process's host batch into global arrays split over the batch axes."""
     sharding = batch_sharding(mesh)
     return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-        for k, v in batch.items()
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
     }

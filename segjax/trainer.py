@@ -5,7 +5,6 @@ state → shardings → ``jit(init, out_shardings)`` or restore → ``jit(step, 
 """
 
 import functools
-import json
 import math
 import os
 import signal
@@ -20,9 +19,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from segjax import checkpoint, input_pipeline, losses, metrics, models, optim, sharding
+from segjax import checkpoint, input_pipeline, logs, losses, metrics, models, optim, sharding
 from segjax import data as data_lib
-from segjax import logs
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -259,9 +257,12 @@ class Trainer:
             cm += np.asarray(jax.device_get(step_cm), np.int64)
             if len(vis) < keep_preds:
                 local = np.concatenate(
-                    [np.asarray(s.data) for s in sorted(
-                        preds.addressable_shards, key=lambda s: s.index[0].start or 0
-                    )]
+                    [
+                        np.asarray(s.data)
+                        for s in sorted(
+                            preds.addressable_shards, key=lambda s: s.index[0].start or 0
+                        )
+                    ]
                 )
                 for i in range(min(keep_preds - len(vis), len(local))):
                     if batch["valid"][i]:

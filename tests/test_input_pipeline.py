@@ -66,14 +66,18 @@ def test_eval_counts_every_pixel_once(tiny_config, processes):
 
 def test_out_of_range_label_is_reported_with_example_id(tiny_config):
     ds = tf.data.Dataset.from_tensors(
-        {"image": tf.zeros((4, 4, 3), tf.uint8), "mask": tf.fill((4, 4), tf.constant(7, tf.uint8)),
-         "id": tf.constant("img_042")}
+        {
+            "image": tf.zeros((4, 4, 3), tf.uint8),
+            "mask": tf.fill((4, 4), tf.constant(7, tf.uint8)),
+            "id": tf.constant("img_042"),
+        }
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"img_042[\s\S]*7[\s\S]*\[0, 4\)"):
         list(ds.map(lambda ex: input_pipeline._check_labels(ex, 4)).as_numpy_iterator())
 
 
-def test_augment_keeps_image_and_mask_aligned():
+@pytest.mark.parametrize("transform", [augment.train_transform, augment.train_transform_fast])
+def test_augment_keeps_image_and_mask_aligned(transform):
     # The mask is a function of the image (bright pixels = class 1): after scale, crop and
     # flip the relation must still hold wherever the mask is not padding.
     rng = np.random.default_rng(0)
@@ -82,9 +86,14 @@ def test_augment_keeps_image_and_mask_aligned():
     image[rng.random((40, 50)) < 0.05] = 255
     mask = (image[..., 0] > 127).astype(np.uint8)
     for s in range(6):
-        out_img, out_mask = augment.train_transform(
-            image, mask, tf.constant([s, 3], tf.int64), crop_size=(48, 48),
-            scale_range=(0.5, 2.0), mean=(0, 0, 0), std=(1, 1, 1)
+        out_img, out_mask = transform(
+            image,
+            mask,
+            tf.constant([s, 3], tf.int64),
+            crop_size=(48, 48),
+            scale_range=(0.5, 2.0),
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
         )
         out_img, out_mask = out_img.numpy(), out_mask.numpy()
         keep = out_mask != 255

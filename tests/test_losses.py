@@ -16,9 +16,9 @@ class CrossEntropyTest(chex.TestCase):
         loss, n = self.variant(losses.cross_entropy)(logits, labels)
         logp = jax.nn.log_softmax(logits)
         valid = labels != 255
-        ref = -np.take_along_axis(
-            np.asarray(logp), np.where(valid, labels, 0)[..., None], -1
-        )[..., 0]
+        ref = -np.take_along_axis(np.asarray(logp), np.where(valid, labels, 0)[..., None], -1)[
+            ..., 0
+        ]
         np.testing.assert_allclose(loss, ref[valid].mean(), rtol=1e-5)
         assert int(n) == valid.sum()
 

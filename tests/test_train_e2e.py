@@ -51,8 +51,10 @@ def _cli(*args, env_extra=None, cwd=ROOT):
 
 def test_cli_trains_one_step(shapes_data_dir, tmp_path):
     proc = _cli(
-        "--config", "configs/quickstart.py:runlocal",
-        "--workdir", str(tmp_path / "w"),
+        "--config",
+        "configs/quickstart.py:runlocal",
+        "--workdir",
+        str(tmp_path / "w"),
         "--config.train.num_steps=1",
         f"--config.data.data_dir={shapes_data_dir}",
         "--config.data.config_name=tiny",
@@ -67,7 +69,13 @@ def test_cli_trains_one_step(shapes_data_dir, tmp_path):
     [
         (["--config", "configs/nope.py", "--workdir", "{tmp}"], "nope.py"),
         (
-            ["--config", "configs/quickstart.py", "--workdir", "{tmp}", "--config.train.num_stepz=5"],
+            [
+                "--config",
+                "configs/quickstart.py",
+                "--workdir",
+                "{tmp}",
+                "--config.train.num_stepz=5",
+            ],
             "num_stepz",
         ),
         (["--config", "configs/quickstart.py", "--workdir", "/proc/forbidden/w"], "not writable"),

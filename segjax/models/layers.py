@@ -37,7 +37,9 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 def same_padding(kernel: int, dilation: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Explicit symmetric padding of a k×k conv with dilation d, as PyTorch's ``padding=d*(k-1)//2``.
+    """Explicit symmetric padding of a k×k conv with dilation d.
+
+    The same as PyTorch's ``padding=d*(k-1)//2``.
 
     Unlike Flax's ``"SAME"`` (which pads asymmetrically for strided convs), this matches
     torchvision numerically for every stride.
@@ -148,7 +150,9 @@ def bilinear_init(factor: int) -> Callable[..., jax.Array]:
         del key
         k, k2, cin, cout = shape
         if k != k2 or k != 2 * factor - factor % 2 or cin != cout:
-            raise ValueError(f"bilinear init for factor {factor} needs a square [k,k,C,C] kernel, got {shape}")
+            raise ValueError(
+                f"bilinear init for factor {factor} needs a square [k,k,C,C] kernel, got {shape}"
+            )
         return jnp.asarray(bilinear_kernel(factor, cin), dtype)
 
     return init
