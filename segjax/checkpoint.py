@@ -60,11 +60,14 @@ def load_variables(directory: str) -> dict:
     path = os.path.abspath(directory)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint directory at {path}")
+    # An explicit single-device target: without one Orbax restores onto the shardings it
+    # saved, which fails when the checkpoint came from a different number of devices.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with ocp.StandardCheckpointer() as ckptr:
         metadata = ckptr.metadata(path)
         tree = metadata.item_metadata if hasattr(metadata, "item_metadata") else metadata
         abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
             tree,
             is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
         )

@@ -109,8 +109,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     """``(state, batch) → (state, metrics)`` for one optimisation step (pure; not jitted).
 
     The batch is split into ``train.grad_accum_steps`` micro-batches whose gradients are
-    averaged. A non-finite loss or gradient skips the update (params, optimiser state and
-    BatchNorm statistics keep their old values) and increments ``state.nonfinite``.
+    averaged. A non-finite loss, gradient or updated parameter skips the update (params,
+    optimiser state and BatchNorm statistics keep their old values) and increments
+    ``state.nonfinite``.
     """
     accum = int(config.train.grad_accum_steps)
     base_rng = jax.random.key(config.seed)
@@ -145,9 +146,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             grads = jax.tree.map(lambda g: g / accum, grads)
             loss = loss / accum
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # Finite gradients can still give non-finite parameters (e.g. an infinite learning rate).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        for p in jax.tree.leaves(params):
+            finite = finite & jnp.all(jnp.isfinite(p))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = TrainState(
             step=state.step + 1,
@@ -419,10 +423,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 logs.info(progress.line(step, row["loss"]))
             if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
                 summary = do_eval(step)
-            if step % config.train.checkpoint_every == 0 or step == num_steps:
+            saved = step % config.train.checkpoint_every == 0 or step == num_steps
+            if saved:
                 checkpoint.save_state(manager, step, state)
             if _preempted(stop, step):
-                checkpoint.save_state(manager, step, state)
+                if not saved:  # Orbax refuses a second save of the same step
+                    checkpoint.save_state(manager, step, state)
                 manager.wait_until_finished()
                 manager.close()
                 logs.info(f"stopped by SIGTERM at step {step}; checkpoint saved, rerun to resume")
