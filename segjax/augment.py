@@ -126,8 +126,8 @@ def eval_transform(
     tf.debugging.assert_less_equal(
         shape[:2],
         tf.constant(pad_size, tf.int32),
-        message=f"evaluation image larger than config.eval.pad_size={tuple(pad_size)}; "
-        "raise config.eval.pad_size (or use sliding-window evaluation)",
+        message=f"evaluation image larger than config.data.eval_pad_size={tuple(pad_size)}; "
+        "raise config.data.eval_pad_size (or use sliding-window evaluation)",
     )
     image, mask = pad_to_size(tf.cast(image, tf.float32), mask, pad_size, mean)
     return normalize(image, mean, std), mask

@@ -51,6 +51,18 @@ def require_workdir(workdir: str | None) -> str:
     return workdir
 
 
+def configure_host_devices(config, num_processes: int = 0) -> None:
+    """Splits a CPU host into per-core devices (``config.host_devices``) before JAX starts."""
+    from segjax import sharding
+
+    env = os.environ
+    num_processes = num_processes or int(
+        env.get("SEGJAX_NUM_PROCESSES") or env.get("SLURM_NTASKS") or 1
+    )
+    with clean_errors():
+        sharding.configure_host_devices(config, num_processes)
+
+
 def setup_runtime(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
     """Keeps TensorFlow (used for tf.data only) off accelerators and starts multi-process JAX."""
     import tensorflow as tf

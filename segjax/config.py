@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 16
 
+    # CPU hosts: XLA devices to split each host into (0 = auto: one per core, as many as
+    # divide the batch sizes; 1 = one device). Ignored when XLA_FLAGS already sets a count.
+    c.host_devices = 0
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
     c.mesh.fsdp = 1

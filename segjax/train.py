@@ -30,6 +30,7 @@ def main(argv):
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     config = cli.require_config(_CONFIG.value, "--config")
     workdir = cli.require_workdir(_WORKDIR.value)
+    cli.configure_host_devices(config, _NUM_PROCESSES.value)
     cli.setup_runtime(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from segjax import trainer
 

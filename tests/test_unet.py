@@ -230,3 +230,42 @@ def test_weighted_loss_trains_on_touching_cells():
     # The gap pixels, weighted most, end up classified as background.
     logits = model.apply({"params": params}, image)["out"][0]
     assert int(jnp.argmax(logits[6, 11])) == 0 and int(jnp.argmax(logits[11, 8])) == 0
+
+
+@chex.variants(with_jit=True, without_jit=True)
+def test_upconv_matches_flax_conv_transpose_values_and_gradients():
+    # Same parameters as nn.ConvTranspose(2×2, stride 2); the custom backward pass must give
+    # the gradients autodiff gives through lax.conv_transpose.
+    import flax.linen as nn
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 5, 7, 6)), jnp.float32)
+    ours = unet.UpConv2x2(4)
+    ref = nn.ConvTranspose(4, (2, 2), (2, 2), padding="VALID")
+    params = ours.init(jax.random.key(1), x)["params"]
+    chex.assert_trees_all_equal_shapes(params, ref.init(jax.random.key(1), x)["params"])
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    w = jnp.asarray(rng.normal(size=(2, 10, 14, 4)), jnp.float32)
+
+    def loss(module):
+        return lambda p, x: jnp.sum(module.apply({"params": p}, x) * w)
+
+    y = test_upconv_matches_flax_conv_transpose_values_and_gradients.variant(ours.apply)(
+        {"params": params}, x
+    )
+    chex.assert_trees_all_close(y, ref.apply({"params": params}, x), atol=1e-5)
+    g_ours = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    chex.assert_trees_all_close(g_ours, g_ref, atol=1e-4, rtol=1e-5)
+
+
+def test_max_pool2x2_matches_flax_max_pool():
+    import flax.linen as nn
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 8, 3)), jnp.float32)
+    chex.assert_trees_all_equal(unet.max_pool2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+    g = jax.grad(lambda x: jnp.sum(unet.max_pool2x2(x) ** 2))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2)) ** 2))(x)
+    chex.assert_trees_all_close(g, g_ref)
+    with pytest.raises(ValueError, match="even"):
+        unet.max_pool2x2(x[:, :5])
