@@ -4,6 +4,8 @@ bilinear-initialised transposed convolution.
 All blocks are NHWC. ``dtype`` is the compute dtype; parameters stay float32.
 """
 
+import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -241,3 +243,200 @@ class BilinearConvTranspose(nn.Module):
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             transpose_kernel=True,
         )
+
+
+# --- Convolution with a matmul weight gradient (XLA:CPU backward-filter workaround) -------------
+#
+# XLA:CPU lowers the weight gradient of a convolution to a "backward-filter" convolution whose
+# contracting dimension is the batch (N·H·W), which misses its fast conv kernels: measured 3–4×
+# slower than the forward conv (docs/PERFORMANCE.md). ``conv_general_dilated_fast`` keeps XLA's
+# forward and input-gradient convolutions and computes the weight gradient as one matmul per
+# kernel tap, ``dW[i, j] = shift_ij(x)ᵀ · dy`` contracting N·Ho·Wo, which XLA runs as a dot.
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _taps_weight_grad(x, dy, kshape, strides, padding, rhs_dilation, groups, out_dtype):
+    """dL/dkernel of an NHWC/HWIO conv as ``KH·KW`` matmuls (float32 accumulation)."""
+    kh, kw, cig, co = kshape
+    n, _, _, ci = x.shape
+    _, ho, wo, _ = dy.shape
+    (sh, sw), (dh, dw) = strides, rhs_dilation
+    pads = ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0))
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), pads)
+    p = n * ho * wo
+    cog = co // groups
+    dy2 = dy.reshape(p, groups, cog)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            start = (0, i * dh, j * dw, 0)
+            stop = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, ci)
+            xs = jax.lax.slice(xp, start, stop, (1, sh, sw, 1)).reshape(p, groups, cig)
+            if cig == 1:  # depthwise: a per-channel reduction, not a matmul
+                t = jnp.sum(xs.astype(jnp.float32) * dy2.astype(jnp.float32), axis=0)
+            else:  # [G, cig, cog] batched over groups, contracting N·Ho·Wo
+                t = jax.lax.dot_general(
+                    xs, dy2, (((0,), (0,)), ((1,), (1,))), preferred_element_type=jnp.float32
+                ).transpose(1, 0, 2)
+            taps.append(t.reshape(cig, co).astype(out_dtype))
+    return jnp.stack(taps).reshape(kh, kw, cig, co)
+
+
+def _use_taps(kshape, groups) -> bool:
+    """Where per-tap matmuls beat XLA:CPU's backward-filter conv (benchmarks/conv_backward.py)."""
+    kh, kw, cig, _ = kshape
+    return kh * kw == 1 or cig == 1 or cig >= 128
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_taps(x, k, strides, padding, rhs_dilation, groups, precision):
+    return jax.lax.conv_general_dilated(
+        x,
+        k,
+        strides,
+        padding,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=_NHWC,
+        feature_group_count=groups,
+        precision=precision,
+    )
+
+
+def _conv_taps_fwd(x, k, strides, padding, rhs_dilation, groups, precision):
+    return _conv_taps(x, k, strides, padding, rhs_dilation, groups, precision), (x, k)
+
+
+def _conv_taps_bwd(strides, padding, rhs_dilation, groups, precision, res, dy):
+    x, k = res
+    conv = lambda x, k: jax.lax.conv_general_dilated(
+        x,
+        k,
+        strides,
+        padding,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=_NHWC,
+        feature_group_count=groups,
+        precision=precision,
+    )
+    if not _use_taps(k.shape, groups):
+        return jax.vjp(conv, x, k)[1](dy)
+    (dx,) = jax.vjp(lambda x: conv(x, k), x)[1](dy)  # XLA's input gradient (fast already)
+    dk = _taps_weight_grad(x, dy, k.shape, strides, padding, rhs_dilation, groups, k.dtype)
+    return dx, dk
+
+
+_conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
+
+
+def conv_general_dilated_fast(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
+    """Drop-in ``lax.conv_general_dilated`` whose weight gradient is per-tap matmuls.
+
+    Same forward result and the same gradients (within float rounding) as
+    ``lax.conv_general_dilated``; only 2-D NHWC/HWIO convs without input dilation take the
+    custom VJP, everything else falls through to ``lax.conv_general_dilated``. Pass it to
+    ``nn.Conv(conv_general_dilated=...)`` or use :func:`fast_conv_backward`.
+    """
+    nd = lhs.ndim - 2
+    lhs_dilation = tuple(lhs_dilation or (1,) * nd)
+    rhs_dilation = tuple(rhs_dilation or (1,) * nd)
+    nhwc = dimension_numbers == _NHWC or (
+        isinstance(dimension_numbers, jax.lax.ConvDimensionNumbers)
+        and nd == 2
+        and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    )
+    if not (
+        nd == 2
+        and nhwc
+        and all(v == 1 for v in lhs_dilation)
+        and batch_group_count == 1
+        and preferred_element_type is None
+    ):
+        return jax.lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            precision,
+            preferred_element_type,
+        )
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        window = tuple((k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation))
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], window, strides, padding)
+    padding = tuple(tuple(int(v) for v in p) for p in padding)
+    rhs, padding = _crop_dead_taps(lhs.shape[1:3], rhs, strides, padding, rhs_dilation)
+    return _conv_taps(lhs, rhs, strides, padding, rhs_dilation, int(feature_group_count), precision)
+
+
+def _crop_dead_taps(spatial, rhs, strides, padding, rhs_dilation):
+    """Drops kernel rows/columns that only ever read padding (exact: they add zeros).
+
+    With atrous rates as large as the feature map (ASPP rate 36 on a 32×32 map) the outer taps
+    of a 3×3 kernel see nothing but zero padding for every output pixel; the conv is then the
+    centre tap alone. The gradient of the dropped taps is exactly zero, as before.
+    """
+    new_padding, starts, stops = [], [], []
+    for size, k, s, d, (lo, hi) in zip(spatial, rhs.shape[:2], strides, rhs_dilation, padding):
+        out = (size + lo + hi - d * (k - 1) - 1) // s + 1
+        live = [
+            i for i in range(k) if any(0 <= o * s + i * d - lo < size for o in range(max(out, 0)))
+        ]
+        if not live:
+            return rhs, padding
+        first, last = live[0], live[-1]
+        new_lo, new_hi = lo - first * d, hi - (k - 1 - last) * d
+        if new_lo < 0 or new_hi < 0:
+            return rhs, padding
+        new_padding.append((new_lo, new_hi))
+        starts.append(first)
+        stops.append(last + 1)
+    if starts == [0, 0] and stops == list(rhs.shape[:2]):
+        return rhs, padding
+    return rhs[starts[0] : stops[0], starts[1] : stops[1]], tuple(new_padding)
+
+
+def _fast_conv_interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if (
+        type(module) is nn.Conv
+        and context.method_name == "__call__"
+        and module.conv_general_dilated is None
+        and module.conv_general_dilated_cls is None
+    ):
+        # The bound module is rebuilt on every apply, so this never leaks out of the context.
+        object.__setattr__(module, "conv_general_dilated", conv_general_dilated_fast)
+    return next_fun(*args, **kwargs)
+
+
+def fast_conv_backward(enabled: bool | None = None):
+    """Context manager: every ``nn.Conv`` traced inside uses :func:`conv_general_dilated_fast`.
+
+    ``enabled=None`` turns it on where it was measured to help: the CPU backend.
+
+    Parameters, names and results are unchanged, so checkpoints and weight converters keep
+    working. Wrap the tracing (``jax.jit(...).lower``/first call) of a train step::
+
+        with layers.fast_conv_backward():
+            compiled = jax.jit(train_step).lower(state, batch).compile()
+    """
+    if enabled is None:
+        enabled = jax.default_backend() == "cpu"
+    return nn.intercept_methods(_fast_conv_interceptor) if enabled else contextlib.nullcontext()

@@ -1,0 +1,227 @@
+"""Convolution forward+backward on XLA:CPU: XLA's gradients vs per-tap matmul weight gradients
+vs PyTorch, for the convolutions segmentation models run.
+
+    python benchmarks/conv_backward.py                          # default cases, JAX only
+    python benchmarks/conv_backward.py --torch-python /work/venv-torch/bin/python
+    python benchmarks/conv_backward.py --cases aspp --batch 8 --side 64 --channels 256
+
+Methods, timed in one command (torch in a child interpreter, same thread count):
+
+* ``xla``: ``jax.grad`` of ``lax.conv_general_dilated`` (XLA's input- and weight-gradient
+  convolutions);
+* ``taps``: ``layers.conv_general_dilated_fast`` — the same forward and input gradient, the
+  weight gradient as one matmul per kernel tap (XLA's path is kept where it was faster:
+  2–64-channel dense kernels larger than 1×1); transposed convs are not routed through it
+  (``lhs_dilation``), so their two rows coincide;
+* ``torch``: ``F.conv2d`` / ``F.conv_transpose2d`` forward + ``backward()`` (NCHW).
+
+Each case is one conv; "fwd+bwd" is a jitted ``jax.grad`` of ``sum(conv(x, w)**2)`` w.r.t. input
+and kernel (torch: ``loss.backward()``). Times are medians of ``--repeats`` calls after a warm-up
+(``benchmarks/dilated_conv.py``'s timer). GFLOP/s counts 3 × the forward conv's useful FLOPs;
+"vs xla" is the fwd+bwd speed-up over ``xla`` (> 1 = faster). Gradients of ``taps`` are checked
+against ``xla`` before timing.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def cases(batch: int, side: int, channels: int) -> dict[str, dict]:
+    """name → conv spec (kernel, stride, dilation, groups, in/out channels, transposed)."""
+    c = channels
+    out = {}
+    for rate in (1, 2, 4, 12, 24, 36):
+        out[f"3x3 d{rate}"] = {"k": 3, "s": 1, "d": rate, "g": 1, "ci": c, "co": c}
+    out["3x3 s2"] = {"k": 3, "s": 2, "d": 1, "g": 1, "ci": c, "co": c}
+    out["1x1 4c→c"] = {"k": 1, "s": 1, "d": 1, "g": 1, "ci": 4 * c, "co": c}
+    out["1x1 c→4c"] = {"k": 1, "s": 1, "d": 1, "g": 1, "ci": c, "co": 4 * c}
+    out["3x3 64ch"] = {"k": 3, "s": 1, "d": 1, "g": 1, "ci": 64, "co": 64}
+    out["dw 3x3 d1"] = {"k": 3, "s": 1, "d": 1, "g": c, "ci": c, "co": c}
+    out["dw 3x3 d2"] = {"k": 3, "s": 1, "d": 2, "g": c, "ci": c, "co": c}
+    out["dw 5x5 s2"] = {"k": 5, "s": 2, "d": 1, "g": c, "ci": c, "co": c}
+    out["convT 4x4/2 21ch"] = {"k": 4, "s": 2, "d": 1, "g": 1, "ci": 21, "co": 21, "t": True}
+    out["convT 4x4/2 c"] = {"k": 4, "s": 2, "d": 1, "g": 1, "ci": c, "co": c, "t": True}
+    for spec in out.values():
+        spec.update(batch=batch, side=side)
+    return out
+
+
+def useful_flops(spec: dict) -> float:
+    """Forward FLOPs (2·MACs) of the conv, without padding waste."""
+    b, side = spec["batch"], spec["side"]
+    if spec.get("t"):
+        out_pixels = b * side * side  # every input pixel scatters a k×k window
+    else:
+        o = (side - 1) // spec["s"] + 1
+        out_pixels = b * o * o
+    return 2.0 * out_pixels * spec["k"] ** 2 * spec["ci"] // spec["g"] * spec["co"]
+
+
+def _arrays(spec: dict):
+    rng = np.random.default_rng(0)
+    b, s, k = spec["batch"], spec["side"], spec["k"]
+    x = rng.normal(size=(b, s, s, spec["ci"])).astype(np.float32)
+    w = rng.normal(size=(k, k, spec["ci"] // spec["g"], spec["co"]))
+    w = (w / np.sqrt(k * k * spec["ci"] / spec["g"])).astype(np.float32)
+    return x, w
+
+
+def _jax_conv(spec: dict, conv):
+    """``(x, w) → y`` for ``spec`` through ``conv`` (a ``lax.conv_general_dilated`` lookalike)."""
+    k, s, d, g = spec["k"], spec["s"], spec["d"], spec["g"]
+    dn = ("NHWC", "HWIO", "NHWC")
+    if spec.get("t"):
+        # torch's ConvTranspose2d(k, stride s, padding 1): an input-dilated conv, flipped kernel.
+        p = k - 2
+        return lambda x, w: conv(
+            x, w[::-1, ::-1], (1, 1), ((p, p), (p, p)), lhs_dilation=(s, s), dimension_numbers=dn
+        )
+    pad = d * (k - 1) // 2
+    return lambda x, w: conv(
+        x,
+        w,
+        (s, s),
+        ((pad, pad), (pad, pad)),
+        rhs_dilation=(d, d),
+        dimension_numbers=dn,
+        feature_group_count=g,
+    )
+
+
+def run_jax(specs: dict[str, dict], repeats: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{case: {method: (fwd ms, fwd+bwd ms)}}`` for the ``xla`` and ``taps`` methods."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.dilated_conv import _time
+    from segjax.models.layers import conv_general_dilated_fast
+
+    methods = {"xla": jax.lax.conv_general_dilated, "taps": conv_general_dilated_fast}
+    results = {}
+    for name, spec in specs.items():
+        x, w = (jnp.asarray(a) for a in _arrays(spec))
+        row, grads = {}, {}
+        for method, conv in methods.items():
+            f = _jax_conv(spec, conv)
+            grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1)))
+            grads[method] = grad(x, w)
+            fwd = _time(jax.jit(f), x, w, repeats=repeats)
+            row[method] = (fwd, _time(grad, x, w, repeats=repeats))
+        for want, got in zip(grads["xla"], grads["taps"]):
+            scale = float(jnp.max(jnp.abs(want)))
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4 * scale)
+        results[name] = row
+    return results
+
+
+def _torch_case(spec: dict, repeats: int) -> tuple[float, float]:
+    import torch
+    import torch.nn.functional as F
+
+    def timed(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+    x_np, w_np = _arrays(spec)
+    x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    k, s, d, g = spec["k"], spec["s"], spec["d"], spec["g"]
+    if spec.get("t"):  # weight [in, out, k, k]
+        w = torch.from_numpy(w_np).permute(2, 3, 0, 1).contiguous().requires_grad_(True)
+        f = lambda: F.conv_transpose2d(x, w, stride=s, padding=1)
+    else:  # weight [out, in/g, k, k]
+        w = torch.from_numpy(w_np).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+        f = lambda: F.conv2d(x, w, stride=s, padding=d * (k - 1) // 2, dilation=d, groups=g)
+
+    def forward():
+        with torch.no_grad():
+            f()
+
+    def both():
+        x.grad = w.grad = None
+        (f() ** 2).sum().backward()
+
+    return timed(forward), timed(both)
+
+
+def run_torch(specs: dict[str, dict], repeats: int, threads: int) -> dict[str, tuple[float, float]]:
+    """``{case: (fwd ms, fwd+bwd ms)}`` with torch (NCHW), ``threads`` intra-op threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return {name: _torch_case(spec, repeats) for name, spec in specs.items()}
+
+
+def main(argv=None) -> None:
+    """Runs the benchmark and prints a table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--side", type=int, default=32, help="input height = width")
+    parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", default="", help="comma-separated substrings of case names")
+    parser.add_argument("--torch-python", default=None, help="interpreter with torch (optional)")
+    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args(argv)
+
+    specs = cases(args.batch, args.side, args.channels)
+    if args.cases:
+        wanted = args.cases.split(",")
+        specs = {n: s for n, s in specs.items() if any(w in n for w in wanted)}
+    if args.torch_worker:
+        print(json.dumps(run_torch(specs, args.repeats, args.threads)))
+        return
+
+    import jax
+
+    theirs = {}
+    if args.torch_python:
+        cmd = [args.torch_python, os.path.abspath(__file__), "--torch-worker"]
+        cmd += [f"--batch={args.batch}", f"--side={args.side}", f"--channels={args.channels}"]
+        cmd += [f"--repeats={args.repeats}", f"--cases={args.cases}", f"--threads={args.threads}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise SystemExit(f"torch worker failed:\n{proc.stderr[-3000:]}")
+        theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours = run_jax(specs, args.repeats)
+
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()}, {args.threads} threads, "
+        f"input {args.batch}×{args.side}×{args.side}, c={args.channels}, float32, "
+        f"median of {args.repeats}; load average {os.getloadavg()[0]:.2f}"
+    )
+    header = (
+        f"{'case':<18} {'method':<6} {'fwd ms':>8} {'fwd+bwd ms':>11} {'GFLOP/s':>8} {'vs xla':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, spec in specs.items():
+        rows = dict(ours[name])
+        if name in theirs:
+            rows["torch"] = tuple(theirs[name])
+        ref = rows["xla"][1]
+        for method, (fwd, both) in rows.items():
+            gflops = 3 * useful_flops(spec) / both / 1e6
+            print(
+                f"{name:<18} {method:<6} {fwd:>8.1f} {both:>11.1f} {gflops:>8.3g} "
+                f"{ref / both:>7.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

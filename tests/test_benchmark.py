@@ -1,0 +1,185 @@
+"""Tests of segjax.benchmark and of the matmul weight-gradient convolution in models.layers."""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segjax import benchmark
+from segjax.models import layers
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+# (input NHWC, kernel HWIO, strides, padding, rhs_dilation, groups)
+CASES = {
+    "3x3 d1": ((2, 7, 7, 4), (3, 3, 4, 5), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    "3x3 d2": ((2, 8, 8, 4), (3, 3, 4, 6), (1, 1), ((2, 2), (2, 2)), (2, 2), 1),
+    "3x3 s2 odd": ((1, 9, 7, 3), (3, 3, 3, 4), (2, 2), ((1, 1), (1, 1)), (1, 1), 1),
+    "7x7 s2 asym": ((1, 10, 10, 3), (7, 7, 3, 4), (2, 2), ((3, 2), (2, 3)), (1, 1), 1),
+    "depthwise d2": ((2, 6, 6, 4), (3, 3, 1, 4), (1, 1), ((2, 2), (2, 2)), (2, 2), 4),
+    "depthwise x2": ((1, 6, 6, 3), (3, 3, 1, 6), (2, 2), ((1, 1), (1, 1)), (1, 1), 3),
+    "grouped 1x1": ((2, 5, 5, 6), (1, 1, 3, 4), (1, 1), ((0, 0), (0, 0)), (1, 1), 2),
+    "grouped 3x3": ((1, 5, 5, 6), (3, 3, 2, 6), (1, 1), ((1, 1), (1, 1)), (1, 1), 3),
+    "dense 128": ((1, 4, 4, 128), (3, 3, 128, 8), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    "dead taps d8": ((1, 6, 6, 4), (3, 3, 4, 5), (1, 1), ((8, 8), (8, 8)), (8, 8), 1),
+    "dead rows d5": ((1, 4, 12, 4), (3, 3, 4, 5), (1, 1), ((5, 5), (5, 5)), (5, 5), 1),
+}
+
+
+def _arrays(x_shape, k_shape, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    k = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
+    return x, k
+
+
+def _reference(x, k, strides, padding, dilation, groups):
+    return jax.lax.conv_general_dilated(
+        x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=DN,
+        feature_group_count=groups,
+    )  # fmt: skip
+
+
+def test_taps_weight_grad_matches_xla():
+    """The per-tap weight gradient equals XLA's on the cases where _use_taps keeps XLA's."""
+    for name in ("3x3 d2", "7x7 s2 asym", "grouped 3x3"):
+        x_shape, k_shape, strides, padding, dilation, groups = CASES[name]
+        x, k = _arrays(x_shape, k_shape)
+        conv = functools.partial(
+            _reference, strides=strides, padding=padding, dilation=dilation, groups=groups
+        )
+        y, vjp = jax.vjp(functools.partial(conv, x), k)
+        dy = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), jnp.float32)
+        want = vjp(dy)[0]
+        got = layers._taps_weight_grad(x, dy, k.shape, strides, padding, dilation, groups, k.dtype)
+        chex.assert_shape(got, k.shape)
+        chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4, custom_message=name)
+
+
+class FastConvTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_value_and_gradients_match_lax(self):
+        for name, (x_shape, k_shape, strides, padding, dilation, groups) in CASES.items():
+            x, k = _arrays(x_shape, k_shape)
+
+            def loss(conv, x, k, strides=strides, padding=padding, d=dilation, g=groups):
+                y = conv(
+                    x, k, strides, padding, rhs_dilation=d, dimension_numbers=DN,
+                    feature_group_count=g,
+                )  # fmt: skip
+                return jnp.sum(jnp.sin(y)), y
+
+            fast = self.variant(jax.value_and_grad(
+                lambda x, k: loss(layers.conv_general_dilated_fast, x, k), (0, 1), has_aux=True
+            ))  # fmt: skip
+            (_, y), grads = fast(x, k)
+            (_, y_ref), grads_ref = jax.value_and_grad(
+                lambda x, k: loss(jax.lax.conv_general_dilated, x, k), (0, 1), has_aux=True
+            )(x, k)
+            chex.assert_trees_all_close(y, y_ref, rtol=1e-4, atol=1e-4, custom_message=name)
+            chex.assert_trees_all_close(grads, grads_ref, rtol=1e-4, atol=1e-4, custom_message=name)
+
+    def test_string_padding_and_fallthrough(self):
+        x, k = _arrays((1, 7, 7, 3), (3, 3, 3, 2))
+        for padding in ("SAME", "VALID"):
+            got = layers.conv_general_dilated_fast(x, k, (2, 2), padding, dimension_numbers=DN)
+            want = jax.lax.conv_general_dilated(x, k, (2, 2), padding, dimension_numbers=DN)
+            chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+        # Input dilation (transposed conv) is not handled: it falls through to lax.
+        got = layers.conv_general_dilated_fast(
+            x, k, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2), dimension_numbers=DN
+        )
+        want = jax.lax.conv_general_dilated(
+            x, k, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2), dimension_numbers=DN
+        )
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+
+    def test_dead_taps_are_cropped(self):
+        k = jnp.ones((3, 3, 4, 5))
+        cropped, padding = layers._crop_dead_taps((6, 6), k, (1, 1), ((8, 8), (8, 8)), (8, 8))
+        chex.assert_shape(cropped, (1, 1, 4, 5))
+        self.assertEqual(padding, ((0, 0), (0, 0)))
+        kept, padding = layers._crop_dead_taps((32, 32), k, (1, 1), ((12, 12), (12, 12)), (12, 12))
+        chex.assert_shape(kept, (3, 3, 4, 5))
+        self.assertEqual(padding, ((12, 12), (12, 12)))
+
+
+class _TinyNet(nn.Module):
+    """Every conv kind a segmentation model uses (strided, atrous, depthwise, 1×1), small."""
+
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, images, *, train=False):
+        x = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), name="stem")(images)
+        x = nn.Conv(8, (3, 3), padding=((2, 2), (2, 2)), kernel_dilation=(2, 2), name="atrous")(x)
+        x = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=8, name="dw")(x)
+        x = nn.Conv(self.num_classes, (1, 1), name="head")(nn.relu(x))
+        return {"out": jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2).astype(jnp.float32)}
+
+
+def test_fast_conv_backward_context_same_params_and_grads():
+    model = _TinyNet()
+    x, _ = _arrays((2, 8, 8, 3), (1, 1, 1, 1))
+    variables = model.init(jax.random.key(0), x)
+    loss = lambda params: jnp.mean(jnp.sin(model.apply({"params": params}, x)["out"]))
+    want = jax.grad(loss)(variables["params"])
+    with layers.fast_conv_backward(enabled=True):
+        got = jax.grad(loss)(variables["params"])
+        with_ctx = jax.eval_shape(model.init, jax.random.key(0), x)
+    chex.assert_trees_all_equal_shapes(with_ctx["params"], variables["params"])
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
+    # The weight gradient really went through the custom VJP (no backward-filter conv).
+    with layers.fast_conv_backward(enabled=True):
+        hlo = jax.jit(jax.grad(loss)).lower(variables["params"]).as_text()
+    assert "dot_general" in hlo
+    assert nn.Conv(4, (3, 3)).conv_general_dilated is None  # nothing leaks out of the context
+
+
+def test_run_jax_tiny_model_figures():
+    result = benchmark.run_jax(_TinyNet(), batch=2, size=16, steps=1, num_classes=3)
+    for key in ("compile_s", "step_ms", "train_img_s", "eval_img_s", "flops_per_step", "mfu"):
+        assert np.isfinite(result[key]) and result[key] > 0, (key, result[key])
+    assert result["peak_memory_bytes"] > 0
+    assert result["peak_flops"] > 0 and result["peak_source"]
+    assert result["conv_backward"] == "taps" and result["model"] == "_TinyNet"
+    assert np.isfinite(result["loss"])
+    np.testing.assert_allclose(result["train_img_s"], 2 / (result["step_ms"] / 1e3), rtol=1e-6)
+
+
+def test_run_jax_rejects_unknown_conv_backward():
+    with pytest.raises(ValueError, match="conv_backward"):
+        benchmark.run_jax(_TinyNet(), batch=1, size=8, conv_backward="cudnn")
+
+
+def test_torch_python_error_without_torch(monkeypatch):
+    monkeypatch.delenv("SEGJAX_TORCH_PYTHON", raising=False)
+    monkeypatch.setattr(benchmark.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match="torch and torchvision"):
+        benchmark.torch_python(None)
+    assert benchmark.torch_python("/some/python") == "/some/python"
+
+
+def test_run_torch_unknown_model():
+    with pytest.raises(KeyError, match="no torchvision equivalent"):
+        benchmark.run_torch("unet_small", 1, 8)
+
+
+def test_random_batch_labels():
+    images, labels = benchmark.random_batch(2, 16, 5)
+    chex.assert_shape(images, (2, 16, 16, 3))
+    assert set(np.unique(labels)) <= set(range(5)) | {255}
+    assert (labels == 255).any() and (labels < 5).any()
+
+
+@pytest.mark.torch
+def test_run_torch_lraspp_small():
+    pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    result = benchmark.run_torch("lraspp_mobilenet_v3_large", 1, 32, steps=1, num_classes=3)
+    assert result["train_img_s"] > 0 and result["eval_img_s"] > 0
+    assert np.isfinite(result["loss"])
