@@ -138,6 +138,20 @@ def _assert_bitwise_equal(actual, expected):
         assert a.dtype == b.dtype and np.array_equal(a, b), f"{name} differs"
 
 
+def _sigterm_after_steps(run, workdir, n):
+    """SIGTERM once ``n`` more training steps are logged; returns (resumed, stopped) steps."""
+    before = len(_logged_steps(workdir))
+    run.wait_for(lambda: len(_logged_steps(workdir)) >= before + n, f"{n} new steps")
+    run.proc.send_signal(signal.SIGTERM)
+    code, out = run.finish()
+    assert code == 0, out[-3000:]
+    resumed = int(re.search(r"resumed from \S+ at step (\d+)", out).group(1))
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", out).group(1))
+    assert resumed < stopped < NUM_STEPS
+    return resumed, stopped
+
+
+@pytest.mark.slow
 def test_killed_then_preempted_run_ends_bitwise_equal(shapes_data_dir, tmp_path, jax_cache):
     env = _env(jax_cache)
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "run"
@@ -163,32 +177,34 @@ def test_killed_then_preempted_run_ends_bitwise_equal(shapes_data_dir, tmp_path,
     (stale / "default" / "partial").write_text("interrupted save")
     assert NUM_STEPS - CHECKPOINT_EVERY > max(kept)
 
-    # 2. Restart; it resumes from the last complete checkpoint (not the stale directory), and a
-    # SIGTERM a few steps later checkpoints at the current step and exits cleanly.
-    logged_before = len(_logged_steps(run_dir))
-    with _Run(_train_cmd(run_dir, shapes_data_dir), env, tmp_path / "sigterm.log") as run:
-        run.wait_for(lambda: len(_logged_steps(run_dir)) >= logged_before + 3, "three new steps")
-        run.proc.send_signal(signal.SIGTERM)
-        code, out = run.finish()
-    assert code == 0, out[-3000:]
-    resumed = int(re.search(r"resumed from \S+ at step (\d+)", out).group(1))
+    # 2. Restart: it resumes from the last complete checkpoint, not the stale directory. SIGTERM
+    # a few steps later, with a checkpoint due at every step: the preemption save must not
+    # collide with the periodic one.
+    cmd = _train_cmd(run_dir, shapes_data_dir, **{"train.checkpoint_every": 1})
+    with _Run(cmd, env, tmp_path / "sigterm1.log") as run:
+        resumed, stopped = _sigterm_after_steps(run, run_dir, 3)
     assert resumed == max(kept)
-    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", out).group(1))
-    assert resumed < stopped < NUM_STEPS
-    assert max(_finalized_steps(ckpts)) == stopped  # at the current step, past any periodic one
+    assert max(_finalized_steps(ckpts)) == stopped
     assert not stale.exists(), "stale temporary checkpoint directory was not cleaned"
     assert not [p.name for p in ckpts.iterdir() if "tmp" in p.name]
 
-    # 3. Restart with the same command; it finishes from the SIGTERM checkpoint.
+    # 3. Restart (periodic checkpoints every 10 steps again) and SIGTERM: a checkpoint at the
+    # current step, past the last periodic one.
+    with _Run(_train_cmd(run_dir, shapes_data_dir), env, tmp_path / "sigterm2.log") as run:
+        resumed2, stopped2 = _sigterm_after_steps(run, run_dir, 3)
+    assert resumed2 == stopped
+    assert max(_finalized_steps(ckpts)) == stopped2
+
+    # 4. Restart with the same command; it finishes from the SIGTERM checkpoint.
     with _Run(_train_cmd(run_dir, shapes_data_dir), env, tmp_path / "final.log") as run:
         code, out = run.finish()
     assert code == 0, out[-3000:]
-    assert int(re.search(r"resumed from \S+ at step (\d+)", out).group(1)) == stopped
+    assert int(re.search(r"resumed from \S+ at step (\d+)", out).group(1)) == stopped2
 
     # Parameters, BatchNorm statistics, optimiser state and counters: the same bits as the
     # uninterrupted run (the data order and the dropout RNG are functions of seed and step).
-    final = checkpoint.load_variables(str(ckpts / str(NUM_STEPS) / "default"))
-    expected = checkpoint.load_variables(str(ref_dir / "checkpoints" / str(NUM_STEPS) / "default"))
+    final = checkpoint.load_variables(str(ckpts / f"{NUM_STEPS}/default"))
+    expected = checkpoint.load_variables(str(ref_dir / f"checkpoints/{NUM_STEPS}/default"))
     assert int(final["step"]) == NUM_STEPS
     _assert_bitwise_equal(final, expected)
     evals = [
@@ -229,20 +245,6 @@ def test_infinite_learning_rate_stops_without_writing_nan_params(
         # Every update was skipped: the parameters are still the initial ones.
         _assert_bitwise_equal(state["params"], saved[0]["params"])
     assert int(saved[-1]["nonfinite"]) == max(steps)
-
-
-def test_sigterm_on_a_checkpoint_step_saves_once(tiny_config, tmp_path, monkeypatch):
-    """A preemption at a step that also gets its periodic checkpoint must not save it twice
-    (Orbax raises StepAlreadyExistsError on a second save of a step)."""
-    config = tiny_config
-    config.model.kwargs = ml_collections.ConfigDict({"width": 2, "depth": 1})
-    config.data.crop_size = (8, 8)
-    config.train.num_steps = 4
-    config.train.checkpoint_every = 2
-    monkeypatch.setattr(trainer, "_preempted", lambda stop, step: step == 2)
-    result = trainer.run(config, str(tmp_path))
-    assert result == {"step": 2, "preempted": True}
-    assert _finalized_steps(tmp_path / "checkpoints") == [2]
 
 
 def _dense_config(**train):
