@@ -1,8 +1,8 @@
 """Resilience and scale: hard kill and SIGTERM mid-run, interrupted saves, gradient accumulation,
 mixed precision, the non-finite guard, and the launch scripts.
 
-The subprocess runs share a persistent JAX compilation cache (one per test module), so only the
-first of them pays for compilation.
+The kill/SIGTERM test runs ``python -m segjax.train`` five times; the runs share a persistent
+JAX compilation cache, so only the first pays for compilation.
 """
 
 import json
@@ -27,14 +27,9 @@ from segjax.config import base_config
 
 ROOT = pathlib.Path(__file__).parent.parent
 LAUNCH = ROOT / "launch"
-NUM_STEPS = 60
+NUM_STEPS = 100
 CHECKPOINT_EVERY = 10
 SUBPROCESS_DEVICES = 2  # fewer than this process's 8: reading their checkpoints crosses topologies
-
-
-@pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 def _env(jax_cache):
@@ -42,7 +37,7 @@ def _env(jax_cache):
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={SUBPROCESS_DEVICES}"
     env.update(
         JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=jax_cache,
+        JAX_COMPILATION_CACHE_DIR=str(jax_cache),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         PYTHONPATH=str(ROOT),
     )
@@ -152,8 +147,8 @@ def _sigterm_after_steps(run, workdir, n):
 
 
 @pytest.mark.slow
-def test_killed_then_preempted_run_ends_bitwise_equal(shapes_data_dir, tmp_path, jax_cache):
-    env = _env(jax_cache)
+def test_killed_then_preempted_run_ends_bitwise_equal(shapes_data_dir, tmp_path):
+    env = _env(tmp_path / "jax_cache")
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "run"
     ckpts = run_dir / "checkpoints"
 
@@ -214,37 +209,28 @@ def test_killed_then_preempted_run_ends_bitwise_equal(shapes_data_dir, tmp_path,
     assert evals[0]["miou"] == evals[1]["miou"]
 
 
-def test_infinite_learning_rate_stops_without_writing_nan_params(
-    shapes_data_dir, tmp_path, jax_cache
-):
-    """NaN injection through the config: every update is non-finite; the first 3 are skipped
-    (as allowed), then the run stops naming the step window; no checkpoint holds NaN."""
-    workdir = tmp_path / "nan"
-    cmd = _train_cmd(
-        workdir,
-        shapes_data_dir,
-        **{
-            "optim.lr": "inf",
-            "train.max_nonfinite_skips": 3,
-            "train.log_every": 2,
-            "train.checkpoint_every": 1,
-        },
+def test_infinite_learning_rate_stops_without_writing_nan_params(tiny_config, tmp_path, capsys):
+    """NaN injection through the config: the gradients are finite but every update is not. The
+    first 3 are skipped (as allowed), then the run stops naming the step window; no checkpoint
+    holds a NaN."""
+    config = tiny_config
+    config.model.kwargs = ml_collections.ConfigDict({"width": 2, "depth": 1})
+    config.data.crop_size = (8, 8)
+    config.optim.lr = float("inf")
+    config.train.update(
+        num_steps=10, max_nonfinite_skips=3, log_every=2, checkpoint_every=1, keep_checkpoints=10
     )
-    with _Run(cmd, _env(jax_cache), tmp_path / "nan.log") as run:
-        code, out = run.finish()
-    assert code == 2, out[-3000:]
-    assert "skipped 2 non-finite update(s) in steps 1..2" in out
-    errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "NonFiniteError" in errors[0], out[-3000:]
-    assert "steps 3..4" in errors[0] and "4 skipped" in errors[0]
-    steps = _finalized_steps(workdir / "checkpoints")
-    assert steps and max(steps) <= 4
-    saved = [checkpoint.load_variables(str(workdir / f"checkpoints/{s}/default")) for s in steps]
+    with pytest.raises(trainer.NonFiniteError, match=r"in steps 3\.\.4 \(4 skipped updates"):
+        trainer.run(config, str(tmp_path))
+    assert "skipped 2 non-finite update(s) in steps 1..2" in capsys.readouterr().out
+    steps = _finalized_steps(tmp_path / "checkpoints")
+    assert steps == [1, 2, 3]  # the error comes at the log step, before step 4 is saved
+    saved = [checkpoint.load_variables(str(tmp_path / f"checkpoints/{s}/default")) for s in steps]
     for state in saved:
         chex.assert_tree_all_finite(state["params"])
         # Every update was skipped: the parameters are still the initial ones.
         _assert_bitwise_equal(state["params"], saved[0]["params"])
-    assert int(saved[-1]["nonfinite"]) == max(steps)
+    assert [int(state["nonfinite"]) for state in saved] == steps
 
 
 def _dense_config(**train):
