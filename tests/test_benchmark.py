@@ -89,14 +89,36 @@ class FastConvTest(chex.TestCase):
             got = layers.conv_general_dilated_fast(x, k, (2, 2), padding, dimension_numbers=DN)
             want = jax.lax.conv_general_dilated(x, k, (2, 2), padding, dimension_numbers=DN)
             chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
-        # Input dilation (transposed conv) is not handled: it falls through to lax.
-        got = layers.conv_general_dilated_fast(
-            x, k, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2), dimension_numbers=DN
-        )
-        want = jax.lax.conv_general_dilated(
-            x, k, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2), dimension_numbers=DN
-        )
-        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+        # Input dilation with string padding falls through to lax (which rejects it).
+        with pytest.raises(ValueError, match="String padding"):
+            layers.conv_general_dilated_fast(
+                x, k, (1, 1), "SAME", lhs_dilation=(2, 2), dimension_numbers=DN
+            )
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_transposed_conv_gradients_match_lax(self):
+        """Input-dilated convs (lax.conv_transpose): weight gradient from dy slices."""
+        cases = {  # input, kernel, lhs_dilation, padding, groups
+            "4x4/2 torch p1": ((2, 5, 5, 3), (4, 4, 3, 4), (2, 2), ((2, 2), (2, 2)), 1),
+            "3x3/2 asym": ((1, 4, 6, 2), (3, 3, 2, 3), (2, 2), ((1, 2), (2, 1)), 1),
+            "4x4/3 no pad": ((1, 3, 3, 2), (4, 4, 2, 2), (3, 3), ((0, 0), (0, 0)), 1),
+            "depthwise 4x4/2": ((1, 4, 4, 3), (4, 4, 1, 3), (2, 2), ((2, 2), (2, 2)), 3),
+        }
+        for name, (x_shape, k_shape, dil, padding, groups) in cases.items():
+            x, k = _arrays(x_shape, k_shape)
+
+            def loss(conv, x, k, dil=dil, padding=padding, g=groups):
+                y = conv(
+                    x, k, (1, 1), padding, lhs_dilation=dil, dimension_numbers=DN,
+                    feature_group_count=g,
+                )  # fmt: skip
+                return jnp.sum(jnp.sin(y))
+
+            got = self.variant(jax.grad(
+                lambda x, k: loss(layers.conv_general_dilated_fast, x, k), (0, 1)
+            ))(x, k)  # fmt: skip
+            want = jax.grad(lambda x, k: loss(jax.lax.conv_general_dilated, x, k), (0, 1))(x, k)
+            chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4, custom_message=name)
 
     def test_dead_taps_are_cropped(self):
         k = jnp.ones((3, 3, 4, 5))

@@ -256,46 +256,78 @@ class BilinearConvTranspose(nn.Module):
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _taps_weight_grad(x, dy, kshape, strides, padding, rhs_dilation, groups, out_dtype):
-    """dL/dkernel of an NHWC/HWIO conv as ``KH·KW`` matmuls (float32 accumulation)."""
+def _taps_weight_grad(
+    x, dy, kshape, strides, padding, rhs_dilation, groups, out_dtype, lhs_dilation=(1, 1)
+):
+    """dL/dkernel of an NHWC/HWIO conv as ``KH·KW`` matmuls (float32 accumulation).
+
+    Tap ``(i, j)`` pairs every output pixel with the input pixel it reads: a strided slice of the
+    padded input (plain / strided / atrous convs) or, for input-dilated (transposed) convs with
+    unit stride and kernel dilation, a strided slice of the padded output gradient against the
+    undilated input (no multiplications by the inserted zeros).
+    """
     kh, kw, cig, co = kshape
-    n, _, _, ci = x.shape
+    n, h, w, ci = x.shape
     _, ho, wo, _ = dy.shape
     (sh, sw), (dh, dw) = strides, rhs_dilation
-    pads = ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0))
-    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), pads)
-    p = n * ho * wo
     cog = co // groups
-    dy2 = dy.reshape(p, groups, cog)
+    if tuple(lhs_dilation) == (1, 1):
+        pads = ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0))
+        xp = jax.lax.pad(x, jnp.zeros((), x.dtype), pads)
+
+        def pair(i, j):
+            start = (0, i * dh, j * dw, 0)
+            stop = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, ci)
+            return jax.lax.slice(xp, start, stop, (1, sh, sw, 1)), dy
+
+    else:
+        if (sh, sw, dh, dw) != (1, 1, 1, 1):
+            raise ValueError(
+                "_taps_weight_grad: input dilation needs unit window strides and kernel dilation, "
+                f"got strides {strides}, rhs_dilation {rhs_dilation}"
+            )
+        (lh, lw), (lo_h, lo_w) = lhs_dilation, (padding[0][0], padding[1][0])
+        left_h, left_w = kh - 1 + max(0, -lo_h), kw - 1 + max(0, -lo_w)
+        right_h = max(0, lo_h + lh * (h - 1) + 1 - ho)
+        right_w = max(0, lo_w + lw * (w - 1) + 1 - wo)
+        pads = ((0, 0, 0), (left_h, right_h, 0), (left_w, right_w, 0), (0, 0, 0))
+        dyp = jax.lax.pad(dy, jnp.zeros((), dy.dtype), pads)
+
+        def pair(i, j):
+            top, left = lo_h - i + left_h, lo_w - j + left_w
+            stop = (n, top + lh * (h - 1) + 1, left + lw * (w - 1) + 1, co)
+            return x, jax.lax.slice(dyp, (0, top, left, 0), stop, (1, lh, lw, 1))
+
     taps = []
     for i in range(kh):
         for j in range(kw):
-            start = (0, i * dh, j * dw, 0)
-            stop = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, ci)
-            xs = jax.lax.slice(xp, start, stop, (1, sh, sw, 1)).reshape(p, groups, cig)
+            a, b = pair(i, j)
+            p = a.shape[0] * a.shape[1] * a.shape[2]
+            a, b = a.reshape(p, groups, cig), b.reshape(p, groups, cog)
             if cig == 1:  # depthwise: a per-channel reduction, not a matmul
-                t = jnp.sum(xs.astype(jnp.float32) * dy2.astype(jnp.float32), axis=0)
-            else:  # [G, cig, cog] batched over groups, contracting N·Ho·Wo
+                t = jnp.sum(a.astype(jnp.float32) * b.astype(jnp.float32), axis=0)
+            else:  # [G, cig, cog] batched over groups, contracting the pixels
                 t = jax.lax.dot_general(
-                    xs, dy2, (((0,), (0,)), ((1,), (1,))), preferred_element_type=jnp.float32
+                    a, b, (((0,), (0,)), ((1,), (1,))), preferred_element_type=jnp.float32
                 ).transpose(1, 0, 2)
             taps.append(t.reshape(cig, co).astype(out_dtype))
     return jnp.stack(taps).reshape(kh, kw, cig, co)
 
 
-def _use_taps(kshape, groups) -> bool:
+def _use_taps(kshape, groups, lhs_dilation=(1, 1)) -> bool:
     """Where per-tap matmuls beat XLA:CPU's backward-filter conv (benchmarks/conv_backward.py)."""
     kh, kw, cig, _ = kshape
-    return kh * kw == 1 or cig == 1 or cig >= 128
+    return tuple(lhs_dilation) != (1, 1) or kh * kw == 1 or cig == 1 or cig >= 128
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv_taps(x, k, strides, padding, rhs_dilation, groups, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _conv_taps(x, k, strides, padding, lhs_dilation, rhs_dilation, groups, precision):
     return jax.lax.conv_general_dilated(
         x,
         k,
         strides,
         padding,
+        lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation,
         dimension_numbers=_NHWC,
         feature_group_count=groups,
@@ -303,26 +335,30 @@ def _conv_taps(x, k, strides, padding, rhs_dilation, groups, precision):
     )
 
 
-def _conv_taps_fwd(x, k, strides, padding, rhs_dilation, groups, precision):
-    return _conv_taps(x, k, strides, padding, rhs_dilation, groups, precision), (x, k)
+def _conv_taps_fwd(x, k, strides, padding, lhs_dilation, rhs_dilation, groups, precision):
+    y = _conv_taps(x, k, strides, padding, lhs_dilation, rhs_dilation, groups, precision)
+    return y, (x, k)
 
 
-def _conv_taps_bwd(strides, padding, rhs_dilation, groups, precision, res, dy):
+def _conv_taps_bwd(strides, padding, lhs_dilation, rhs_dilation, groups, precision, res, dy):
     x, k = res
     conv = lambda x, k: jax.lax.conv_general_dilated(
         x,
         k,
         strides,
         padding,
+        lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation,
         dimension_numbers=_NHWC,
         feature_group_count=groups,
         precision=precision,
     )
-    if not _use_taps(k.shape, groups):
+    if not _use_taps(k.shape, groups, lhs_dilation):
         return jax.vjp(conv, x, k)[1](dy)
     (dx,) = jax.vjp(lambda x: conv(x, k), x)[1](dy)  # XLA's input gradient (fast already)
-    dk = _taps_weight_grad(x, dy, k.shape, strides, padding, rhs_dilation, groups, k.dtype)
+    dk = _taps_weight_grad(
+        x, dy, k.shape, strides, padding, rhs_dilation, groups, k.dtype, lhs_dilation
+    )
     return dx, dk
 
 
@@ -345,8 +381,10 @@ def conv_general_dilated_fast(
     """Drop-in ``lax.conv_general_dilated`` whose weight gradient is per-tap matmuls.
 
     Same forward result and the same gradients (within float rounding) as
-    ``lax.conv_general_dilated``; only 2-D NHWC/HWIO convs without input dilation take the
-    custom VJP, everything else falls through to ``lax.conv_general_dilated``. Pass it to
+    ``lax.conv_general_dilated``. 2-D NHWC/HWIO convs take the custom VJP (input-dilated, i.e.
+    transposed, ones only with unit strides and kernel dilation and explicit padding, which is
+    what ``lax.conv_transpose`` produces); everything else falls through to
+    ``lax.conv_general_dilated``. Pass it to
     ``nn.Conv(conv_general_dilated=...)`` or use :func:`fast_conv_backward`.
     """
     nd = lhs.ndim - 2
@@ -357,10 +395,12 @@ def conv_general_dilated_fast(
         and nd == 2
         and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     )
+    transposed = any(v != 1 for v in lhs_dilation)
     if not (
         nd == 2
         and nhwc
-        and all(v == 1 for v in lhs_dilation)
+        and (not transposed or all(v == 1 for v in (*window_strides, *rhs_dilation)))
+        and not (transposed and isinstance(padding, str))
         and batch_group_count == 1
         and preferred_element_type is None
     ):
@@ -382,8 +422,11 @@ def conv_general_dilated_fast(
         window = tuple((k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation))
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], window, strides, padding)
     padding = tuple(tuple(int(v) for v in p) for p in padding)
-    rhs, padding = _crop_dead_taps(lhs.shape[1:3], rhs, strides, padding, rhs_dilation)
-    return _conv_taps(lhs, rhs, strides, padding, rhs_dilation, int(feature_group_count), precision)
+    if not transposed:
+        rhs, padding = _crop_dead_taps(lhs.shape[1:3], rhs, strides, padding, rhs_dilation)
+    return _conv_taps(
+        lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, int(feature_group_count), precision
+    )
 
 
 def _crop_dead_taps(spatial, rhs, strides, padding, rhs_dilation):
