@@ -130,6 +130,16 @@ class FastConvTest(chex.TestCase):
         self.assertEqual(padding, ((12, 12), (12, 12)))
 
 
+def test_live_fraction_of_atrous_convs():
+    # ASPP on a 32×32 map: rate 1 wastes only the border, rate 36 keeps the centre tap alone.
+    np.testing.assert_allclose(layers._live_fraction((32, 32), (3, 3), ((1, 1),) * 2, (1, 1)),
+                               (94 / 96) ** 2)  # fmt: skip
+    np.testing.assert_allclose(layers._live_fraction((32, 32), (3, 3), ((12, 12),) * 2, (12, 12)),
+                               ((32 + 20 + 20) / 96) ** 2)  # fmt: skip
+    np.testing.assert_allclose(layers._live_fraction((32, 32), (3, 3), ((36, 36),) * 2, (36, 36)),
+                               1 / 9)  # fmt: skip
+
+
 class _TinyNet(nn.Module):
     """Every conv kind a segmentation model uses (strided, atrous, depthwise, 1×1), small."""
 

@@ -317,6 +317,8 @@ def _taps_weight_grad(
 def _use_taps(kshape, groups, lhs_dilation=(1, 1)) -> bool:
     """Where per-tap matmuls beat XLA:CPU's backward-filter conv (benchmarks/conv_backward.py)."""
     kh, kw, cig, _ = kshape
+    if kh * kw > 49:  # one matmul per tap: keep the unrolled graph small (FCN's 64×64 convT)
+        return False
     return tuple(lhs_dilation) != (1, 1) or kh * kw == 1 or cig == 1 or cig >= 128
 
 
@@ -422,11 +424,60 @@ def conv_general_dilated_fast(
         window = tuple((k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation))
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], window, strides, padding)
     padding = tuple(tuple(int(v) for v in p) for p in padding)
+    if not transposed and strides == (1, 1) and feature_group_count == 1:
+        if _live_fraction(lhs.shape[1:3], rhs.shape[:2], padding, rhs_dilation) <= 0.8:
+            return _shifted_matmul_conv(lhs, rhs, padding, rhs_dilation, precision)
     if not transposed:
         rhs, padding = _crop_dead_taps(lhs.shape[1:3], rhs, strides, padding, rhs_dilation)
     return _conv_taps(
         lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, int(feature_group_count), precision
     )
+
+
+def _tap_ranges(size, k, d, lo, out):
+    """For each tap of one spatial dim: the output range ``[a, b)`` whose input is not padding."""
+    return [(max(0, lo - i * d), min(out, size + lo - i * d)) for i in range(k)]
+
+
+def _live_fraction(spatial, kernel, padding, rhs_dilation) -> float:
+    """Share of a stride-1 conv's multiply-adds that read real input rather than padding."""
+    fraction = 1.0
+    for size, k, d, (lo, hi) in zip(spatial, kernel, rhs_dilation, padding):
+        out = size + lo + hi - d * (k - 1)
+        if out <= 0:
+            return 1.0
+        live = sum(max(0, b - a) for a, b in _tap_ranges(size, k, d, lo, out))
+        fraction *= live / (k * out)
+    return fraction
+
+
+def _shifted_matmul_conv(x, k, padding, rhs_dilation, precision):
+    """A stride-1 NHWC conv as one matmul per kernel tap over the outputs it really reaches.
+
+    Exact reformulation for atrous convs whose rate is large next to the feature map (ASPP rates
+    12/24/36 on 32×32 maps): taps that would multiply zero padding are skipped region by
+    region, and forward and both gradients are plain matmuls (plus pads and adds).
+    """
+    n, h, w, _ = x.shape
+    kh, kw, _, _ = k.shape
+    (dh, dw), ((top, bottom), (left, right)) = rhs_dilation, padding
+    ho, wo = h + top + bottom - dh * (kh - 1), w + left + right - dw * (kw - 1)
+    rows = _tap_ranges(h, kh, dh, top, ho)
+    cols = _tap_ranges(w, kw, dw, left, wo)
+    y = None
+    for i, (ra, rb) in enumerate(rows):
+        for j, (ca, cb) in enumerate(cols):
+            if ra >= rb or ca >= cb:
+                continue
+            xs = x[
+                :, ra + i * dh - top : rb + i * dh - top, ca + j * dw - left : cb + j * dw - left
+            ]
+            part = jnp.einsum("nhwc,cd->nhwd", xs, k[i, j], precision=precision)
+            part = jnp.pad(part, ((0, 0), (ra, ho - rb), (ca, wo - cb), (0, 0)))
+            y = part if y is None else y + part
+    if y is None:  # every tap reads padding only
+        return jnp.zeros((n, ho, wo, k.shape[-1]), jnp.result_type(x, k))
+    return y
 
 
 def _crop_dead_taps(spatial, rhs, strides, padding, rhs_dilation):
