@@ -284,7 +284,8 @@ def run_jax(
             ev_vars["batch_stats"] = holder["state"].batch_stats
         forward = lambda v, x: net.apply(v, x, train=False)["out"]
         start = time.perf_counter()
-        ev = jax.jit(forward).lower(ev_vars, data["image"]).compile()
+        with layers.fast_conv_backward(enabled=conv_backward == "taps"):
+            ev = jax.jit(forward).lower(ev_vars, data["image"]).compile()
         out["eval_compile_s"] = time.perf_counter() - start
         jax.block_until_ready(ev(ev_vars, data["image"]))
         ms = _median_ms(lambda: jax.block_until_ready(ev(ev_vars, data["image"])), steps)
@@ -292,6 +293,7 @@ def run_jax(
     out["peak_flops"] = peak_flops
     out["peak_source"] = peak_source
     out["mfu"] = flops / (step_ms / 1e3) / peak_flops
+    out["load_average_1min_at_end"] = os.getloadavg()[0]
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         out["peak_memory_bytes"] = int(stats["peak_bytes_in_use"])
@@ -386,8 +388,12 @@ def run_torch(
             net(x)
             ms = _median_ms(lambda: net(x), steps)
         out["eval_img_s"] = batch / (ms / 1e3)
+    a = torch.ones(2048, 2048)
+    torch.mm(a, a)
+    out["matmul_peak_flops"] = 2 * 2048**3 / (min(_times_ms(lambda: torch.mm(a, a), 5)) / 1e3)
     out["peak_memory_bytes"] = peak_rss_bytes()
     out["peak_memory_kind"] = "process peak RSS"
+    out["load_average_1min_at_end"] = os.getloadavg()[0]
     return out
 
 
@@ -543,6 +549,21 @@ def main(argv=None) -> dict:
     )
     print(_fmt(results))
     print(f"peak for MFU: {ours['peak_flops'] / 1e9:.1f} GFLOP/s ({ours['peak_source']})")
+    if args.compare:
+        torch_peak = theirs["matmul_peak_flops"]
+        summary["mfu_vs_torch_matmul"] = (
+            ours["flops_per_step"] / (ours["step_ms"] / 1e3) / torch_peak
+        )
+        print(
+            f"torch 2048² matmul: {torch_peak / 1e9:.1f} GFLOP/s (segjax MFU against it: "
+            f"{summary['mfu_vs_torch_matmul']:.1%}); torchvision at XLA's FLOP count: "
+            f"{ours['flops_per_step'] / (theirs['step_ms'] / 1e3) / 1e9:.1f} GFLOP/s"
+        )
+    print(
+        "load average (1 min) at the end: segjax "
+        + f"{ours['load_average_1min_at_end']:.2f}"
+        + (f", torchvision {theirs['load_average_1min_at_end']:.2f}" if args.compare else "")
+    )
     if args.compare:
         line = (
             f"segjax / torchvision: train {summary['train_ratio']:.2f}× "

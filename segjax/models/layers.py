@@ -245,13 +245,18 @@ class BilinearConvTranspose(nn.Module):
         )
 
 
-# --- Convolution with a matmul weight gradient (XLA:CPU backward-filter workaround) -------------
+# --- Convolutions as matmuls where XLA:CPU's convolution is slow -------------------------------
 #
 # XLA:CPU lowers the weight gradient of a convolution to a "backward-filter" convolution whose
-# contracting dimension is the batch (N·H·W), which misses its fast conv kernels: measured 3–4×
-# slower than the forward conv (docs/PERFORMANCE.md). ``conv_general_dilated_fast`` keeps XLA's
-# forward and input-gradient convolutions and computes the weight gradient as one matmul per
-# kernel tap, ``dW[i, j] = shift_ij(x)ᵀ · dy`` contracting N·Ho·Wo, which XLA runs as a dot.
+# inner (feature) dimension is the batch size, which misses its fast conv kernels: measured 3–4×
+# slower than the forward conv, and ~50× for transposed convs (docs/PERFORMANCE.md).
+# ``conv_general_dilated_fast`` computes the same numbers with what XLA:CPU runs fast:
+#
+# * the weight gradient as one matmul per kernel tap, ``dW[i, j] = shift_ij(x)ᵀ · dy``
+#   contracting N·Ho·Wo (forward and input gradient stay XLA's convolutions);
+# * 1×1 convs as matmuls (forward and both gradients);
+# * atrous convs whose taps mostly read padding (ASPP rates 12/24/36 on 32×32 maps) as shifted
+#   matmuls over the output regions each tap really reaches.
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -380,7 +385,11 @@ def conv_general_dilated_fast(
     precision=None,
     preferred_element_type=None,
 ):
-    """Drop-in ``lax.conv_general_dilated`` whose weight gradient is per-tap matmuls.
+    """Drop-in ``lax.conv_general_dilated`` that runs convolutions as matmuls where that is faster.
+
+    1×1 convs are einsums; stride-1 atrous convs with more than 20 % of their work on padding are
+    shifted matmuls over live regions; every other conv keeps XLA's forward and input gradient
+    and gets a per-tap matmul weight gradient (custom VJP).
 
     Same forward result and the same gradients (within float rounding) as
     ``lax.conv_general_dilated``. 2-D NHWC/HWIO convs take the custom VJP (input-dilated, i.e.
@@ -424,6 +433,15 @@ def conv_general_dilated_fast(
         window = tuple((k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation))
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], window, strides, padding)
     padding = tuple(tuple(int(v) for v in p) for p in padding)
+    if (
+        not transposed
+        and rhs.shape[:2] == (1, 1)
+        and feature_group_count == 1
+        and all(v == 0 for pad in padding for v in pad)
+    ):
+        # 1×1 conv: a matmul (XLA:CPU runs dots ~2× faster than the same 1×1 convolution).
+        x = lhs[:, :: strides[0], :: strides[1]] if strides != (1, 1) else lhs
+        return jnp.einsum("nhwc,cd->nhwd", x, rhs[0, 0], precision=precision)
     if not transposed and strides == (1, 1) and feature_group_count == 1:
         if _live_fraction(lhs.shape[1:3], rhs.shape[:2], padding, rhs_dilation) <= 0.8:
             return _shifted_matmul_conv(lhs, rhs, padding, rhs_dilation, precision)
