@@ -255,6 +255,7 @@ class BilinearConvTranspose(nn.Module):
 # * the weight gradient as one matmul per kernel tap, ``dW[i, j] = shift_ij(x)ᵀ · dy``
 #   contracting N·Ho·Wo (forward and input gradient stay XLA's convolutions);
 # * 1×1 convs as matmuls (forward and both gradients);
+# * depthwise convs as sums of shifted, per-channel scaled slices (one fused loop);
 # * atrous convs whose taps mostly read padding (ASPP rates 12/24/36 on 32×32 maps) as shifted
 #   matmuls over the output regions each tap really reaches.
 
@@ -387,9 +388,10 @@ def conv_general_dilated_fast(
 ):
     """Drop-in ``lax.conv_general_dilated`` that runs convolutions as matmuls where that is faster.
 
-    1×1 convs are einsums; stride-1 atrous convs with more than 20 % of their work on padding are
-    shifted matmuls over live regions; every other conv keeps XLA's forward and input gradient
-    and gets a per-tap matmul weight gradient (custom VJP).
+    1×1 convs are einsums; depthwise convs are sums of shifted slices times per-channel weights;
+    stride-1 atrous convs doing mostly padding work are shifted matmuls over live regions; every
+    other conv keeps XLA's forward and input gradient and gets a per-tap matmul weight gradient
+    (custom VJP).
 
     Same forward result and the same gradients (within float rounding) as
     ``lax.conv_general_dilated``. 2-D NHWC/HWIO convs take the custom VJP (input-dilated, i.e.
@@ -442,8 +444,14 @@ def conv_general_dilated_fast(
         # 1×1 conv: a matmul (XLA:CPU runs dots ~2× faster than the same 1×1 convolution).
         x = lhs[:, :: strides[0], :: strides[1]] if strides != (1, 1) else lhs
         return jnp.einsum("nhwc,cd->nhwd", x, rhs[0, 0], precision=precision)
+    channels = lhs.shape[-1]
+    if not transposed and feature_group_count == channels == rhs.shape[-1] and channels > 1:
+        return _depthwise_taps_conv(lhs, rhs, strides, padding, rhs_dilation)
     if not transposed and strides == (1, 1) and feature_group_count == 1:
-        if _live_fraction(lhs.shape[1:3], rhs.shape[:2], padding, rhs_dilation) <= 0.8:
+        live = _live_fraction(lhs.shape[1:3], rhs.shape[:2], padding, rhs_dilation)
+        # Measured: a win on ASPP (2048 → 256 channels) from 56 % live work down, a loss on
+        # 256-channel convs unless most taps are dead (benchmarks/conv_backward.py).
+        if live <= 0.3 or (live <= 0.8 and channels >= 512):
             return _shifted_matmul_conv(lhs, rhs, padding, rhs_dilation, precision)
     if not transposed:
         rhs, padding = _crop_dead_taps(lhs.shape[1:3], rhs, strides, padding, rhs_dilation)
@@ -495,6 +503,30 @@ def _shifted_matmul_conv(x, k, padding, rhs_dilation, precision):
             y = part if y is None else y + part
     if y is None:  # every tap reads padding only
         return jnp.zeros((n, ho, wo, k.shape[-1]), jnp.result_type(x, k))
+    return y
+
+
+def _depthwise_taps_conv(x, k, strides, padding, rhs_dilation):
+    """Depthwise conv (channel multiplier 1) as a sum of shifted, per-channel scaled slices.
+
+    XLA fuses it into one elementwise loop (forward and both gradients), which measured tens of
+    times faster than XLA:CPU's grouped convolution with one channel per group.
+    """
+    n, _, _, c = x.shape
+    kh, kw = k.shape[:2]
+    (sh, sw), (dh, dw) = strides, rhs_dilation
+    xp = jax.lax.pad(
+        x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0))
+    )
+    ho = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    wo = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            start = (0, i * dh, j * dw, 0)
+            stop = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c)
+            part = jax.lax.slice(xp, start, stop, (1, sh, sw, 1)) * k[i, j, 0]
+            y = part if y is None else y + part
     return y
 
 
