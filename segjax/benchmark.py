@@ -27,9 +27,11 @@ Reported:
   torchvision; default this one), with as many torch threads as the CPU cores JAX uses, and
   the ratio ``segjax train img/s ÷ torchvision train img/s`` (and the same for eval).
 
-``--conv-backward taps`` (the default on CPU) traces the model inside
-``layers.fast_conv_backward()`` (weight gradients as per-tap matmuls); ``xla`` keeps XLA's own
-convolution gradients. See docs/PERFORMANCE.md for measured figures.
+``--conv-backward taps`` (the default on CPU) traces the train and eval steps inside
+``layers.fast_conv_backward()``: every ``nn.Conv`` runs through
+``layers.conv_general_dilated_fast`` (weight gradients as per-tap matmuls, 1×1 convs as matmuls,
+depthwise convs as shifted multiply-adds, mostly-padding atrous convs as shifted matmuls; same
+numbers). ``xla`` keeps XLA's own convolutions. See docs/PERFORMANCE.md for measured figures.
 
 This module imports neither JAX nor torch at import time: the torchvision side runs in an
 interpreter that may not have JAX.
