@@ -210,7 +210,6 @@ def run_jax(
 
     from segjax import config as config_lib
     from segjax import models, optim, trainer
-    from segjax.models import layers
 
     if conv_backward not in ("taps", "xla"):
         raise ValueError(f"conv_backward must be 'taps' or 'xla', got {conv_backward!r}")
@@ -225,6 +224,7 @@ def run_jax(
     cfg.data.crop_size = (size, size)
     cfg.train.batch_size = batch
     cfg.train.aux_weight = AUX_WEIGHT
+    cfg.conv_backward = conv_backward
     cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay = LR, MOMENTUM, WEIGHT_DECAY
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
     variables = he_init_variables(net, size)
@@ -238,13 +238,11 @@ def run_jax(
     )
     images, labels = random_batch(batch, size, num_classes)
     data = {"image": jnp.asarray(images), "mask": jnp.asarray(labels)}
-    step_fn = trainer.make_train_step(net, tx, schedule, cfg)
-    fast = layers.fast_conv_backward(enabled=conv_backward == "taps")
+    step_fn = trainer.make_train_step(net, tx, schedule, cfg)  # conv path from cfg
     peak_flops, peak_source = peak or device_peak(dtype)
 
     start = time.perf_counter()
-    with fast:
-        compiled = jax.jit(step_fn, donate_argnums=0).lower(state, data).compile()
+    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, data).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
@@ -286,7 +284,7 @@ def run_jax(
             ev_vars["batch_stats"] = holder["state"].batch_stats
         forward = lambda v, x: net.apply(v, x, train=False)["out"]
         start = time.perf_counter()
-        with layers.fast_conv_backward(enabled=conv_backward == "taps"):
+        with trainer.conv_path(conv_backward):
             ev = jax.jit(forward).lower(ev_vars, data["image"]).compile()
         out["eval_compile_s"] = time.perf_counter() - start
         jax.block_until_ready(ev(ev_vars, data["image"]))
@@ -492,16 +490,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     evaluate = not args.no_eval
 
+    common = dict(steps=args.steps, num_classes=args.num_classes, evaluate=evaluate)
     if args.torch_worker:
-        result = run_torch(
-            args.model,
-            args.batch,
-            args.size,
-            steps=args.steps,
-            num_classes=args.num_classes,
-            threads=args.threads,
-            evaluate=evaluate,
-        )
+        result = run_torch(args.model, args.batch, args.size, threads=args.threads, **common)
         print(json.dumps(result))
         return result
 
@@ -516,14 +507,7 @@ def main(argv=None) -> dict:
     conv_backward = args.conv_backward or ("taps" if jax.default_backend() == "cpu" else "xla")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     ours = run_jax(
-        args.model,
-        args.batch,
-        args.size,
-        dtype=args.dtype,
-        steps=args.steps,
-        num_classes=args.num_classes,
-        conv_backward=conv_backward,
-        evaluate=evaluate,
+        args.model, args.batch, args.size, dtype=args.dtype, conv_backward=conv_backward, **common
     )
     results = [ours]
     summary = {"segjax": ours, "load_average_1min_at_start": load}
@@ -533,10 +517,8 @@ def main(argv=None) -> dict:
             args.model,
             args.batch,
             args.size,
-            steps=args.steps,
-            num_classes=args.num_classes,
             threads=args.threads or ours["threads"],
-            evaluate=evaluate,
+            **common,
         )
         results.append(theirs)
         summary["torchvision"] = theirs

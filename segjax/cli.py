@@ -32,6 +32,10 @@ def require_config(config, flag: str):
     """The loaded config, or a clear error when the flag was not given."""
     if config is None:
         fail(f"{flag} is required (e.g. {flag} configs/quickstart.py)")
+    try:  # ml_collections defers a config file's load error to the first attribute access
+        config.keys()
+    except Exception as e:
+        fail(f"{flag}: {type(e).__name__}: {_one_line(e)}")
     return config
 
 

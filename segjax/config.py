@@ -16,6 +16,10 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params, stats, logits stay f32)
+    # How nn.Conv layers are differentiated: "auto" (the per-tap matmul path of
+    # layers.conv_general_dilated_fast on CPU, XLA's own elsewhere) | "taps" | "xla".
+    # Results agree within float tolerance; see docs/PERFORMANCE.md.
+    c.conv_backward = "auto"
     c.init_from = ""  # a checkpoint directory (e.g. an imported torchvision backbone) to start from
 
     c.model = ml_collections.ConfigDict()

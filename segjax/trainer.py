@@ -21,6 +21,7 @@ import optax
 
 from segjax import checkpoint, input_pipeline, logs, losses, metrics, models, optim, sharding
 from segjax import data as data_lib
+from segjax.models import layers
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -118,6 +119,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     grad_fn = jax.value_and_grad(functools.partial(_loss_fn, model, config), has_aux=True)
 
     def step_fn(state: TrainState, batch):
+        with conv_path(config.conv_backward):
+            return _step(state, batch)
+
+    def _step(state: TrainState, batch):
         rng = jax.random.fold_in(base_rng, state.step)
         images, labels = batch["image"], batch["mask"]
         if accum == 1:
@@ -169,14 +174,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     return step_fn
 
 
-def make_eval_step(model: nn.Module, num_classes: int):
+def conv_path(choice: str = "auto"):
+    """Context in which traced ``nn.Conv`` layers take the path ``config.conv_backward`` names."""
+    if choice not in ("auto", "taps", "xla"):
+        raise ValueError(f"config.conv_backward={choice!r}: expected 'auto', 'taps' or 'xla'")
+    return layers.fast_conv_backward(enabled=None if choice == "auto" else choice == "taps")
+
+
+def make_eval_step(model: nn.Module, num_classes: int, conv_backward: str = "auto"):
     """``(state, batch) → (confusion matrix [C, C], predictions [B, H, W])`` (pure)."""
 
     def eval_fn(state: TrainState, batch):
         variables = {"params": state.params}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
-        logits = model.apply(variables, batch["image"], train=False)["out"]
+        with conv_path(conv_backward):
+            logits = model.apply(variables, batch["image"], train=False)["out"]
         preds = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         return metrics.confusion_matrix(batch["mask"], preds, num_classes), preds
 
@@ -208,7 +221,7 @@ class Trainer:
             donate_argnums=0,
         )
         self.eval_step = jax.jit(
-            make_eval_step(self.model, config.model.num_classes),
+            make_eval_step(self.model, config.model.num_classes, config.conv_backward),
             in_shardings=(self.state_shardings, batch_sh),
             out_shardings=(repl, batch_sh),
         )

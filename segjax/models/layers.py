@@ -5,7 +5,6 @@ All blocks are NHWC. ``dtype`` is the compute dtype; parameters stay float32.
 """
 
 import contextlib
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -328,8 +327,7 @@ def _use_taps(kshape, groups, lhs_dilation=(1, 1)) -> bool:
     return tuple(lhs_dilation) != (1, 1) or kh * kw == 1 or cig == 1 or cig >= 128
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
-def _conv_taps(x, k, strides, padding, lhs_dilation, rhs_dilation, groups, precision):
+def _xla_conv(x, k, strides, padding, lhs_dilation, rhs_dilation, groups, precision):
     return jax.lax.conv_general_dilated(
         x,
         k,
@@ -343,6 +341,9 @@ def _conv_taps(x, k, strides, padding, lhs_dilation, rhs_dilation, groups, preci
     )
 
 
+_conv_taps = jax.custom_vjp(_xla_conv, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+
+
 def _conv_taps_fwd(x, k, strides, padding, lhs_dilation, rhs_dilation, groups, precision):
     y = _conv_taps(x, k, strides, padding, lhs_dilation, rhs_dilation, groups, precision)
     return y, (x, k)
@@ -350,16 +351,8 @@ def _conv_taps_fwd(x, k, strides, padding, lhs_dilation, rhs_dilation, groups, p
 
 def _conv_taps_bwd(strides, padding, lhs_dilation, rhs_dilation, groups, precision, res, dy):
     x, k = res
-    conv = lambda x, k: jax.lax.conv_general_dilated(
-        x,
-        k,
-        strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=_NHWC,
-        feature_group_count=groups,
-        precision=precision,
+    conv = lambda x, k: _xla_conv(
+        x, k, strides, padding, lhs_dilation, rhs_dilation, groups, precision
     )
     if not _use_taps(k.shape, groups, lhs_dilation):
         return jax.vjp(conv, x, k)[1](dy)
