@@ -16,18 +16,20 @@ def get_config(arg=None):
     c = base_config()
     c.model.name = "unet"
     c.model.num_classes = 4
-    c.model.kwargs = ml_collections.ConfigDict({"width": 8, "depth": 3})
+    c.model.kwargs = ml_collections.ConfigDict({"width": 12, "depth": 3})
     c.data.name = "shapes"
     c.data.crop_size = (64, 64)
     c.data.eval_pad_size = (64, 64)
-    c.data.scale_range = (0.75, 1.5)
+    # Validation images are unscaled 64×64 scenes: flips only. Random scaling (0.75–1.5 or
+    # 1.0–1.25) cost 2–4 mIoU points at this step budget (measured, 1300–1400 steps).
+    c.data.scale_range = (1.0, 1.0)
     c.train.batch_size = 16
-    c.train.num_steps = 1500
+    c.train.num_steps = 1300
     c.train.log_every = 100
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
+    c.train.eval_every = 650
+    c.train.checkpoint_every = 650
     c.optim.name = "adamw"
-    c.optim.lr = 3e-3
+    c.optim.lr = 6e-3
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 1e-4

@@ -399,6 +399,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary = None
     last_checked, nonfinite_seen = start, int(jax.device_get(state.nonfinite))
     step = start
+    train_start = time.time()
     with _StopSignal() as stop:
         while step < num_steps:
             batch = sharding.host_to_global(next(batches), trainer.mesh)
@@ -446,6 +447,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 manager.close()
                 logs.info(f"stopped by SIGTERM at step {step}; checkpoint saved, rerun to resume")
                 return {"step": step, "preempted": True}
+    seconds = time.time() - train_start
+    logs.info(
+        f"trained steps {start + 1}..{step} in {int(seconds // 60)}m{seconds % 60:04.1f}s "
+        "(wall time: compilation, periodic evaluations and checkpoints included)"
+    )
     summary = do_eval(step)
     manager.wait_until_finished()
     manager.close()
