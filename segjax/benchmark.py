@@ -209,7 +209,7 @@ def run_jax(
     import jax.numpy as jnp
 
     from segjax import config as config_lib
-    from segjax import models, optim, trainer
+    from segjax import models, optim, sharding, trainer
 
     if conv_backward not in ("taps", "xla"):
         raise ValueError(f"conv_backward must be 'taps' or 'xla', got {conv_backward!r}")
@@ -238,6 +238,12 @@ def run_jax(
     )
     images, labels = random_batch(batch, size, num_classes)
     data = {"image": jnp.asarray(images), "mask": jnp.asarray(labels)}
+    # Data parallel over as many devices as divide the batch, as segjax.train runs.
+    num_devices = max(d for d in range(1, len(jax.devices()) + 1) if batch % d == 0)
+    if num_devices > 1:
+        mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:num_devices])
+        state = jax.device_put(state, sharding.replicated(mesh))
+        data = jax.device_put(data, sharding.batch_sharding(mesh))
     step_fn = trainer.make_train_step(net, tx, schedule, cfg)  # conv path from cfg
     peak_flops, peak_source = peak or device_peak(dtype)
 
@@ -246,7 +252,8 @@ def run_jax(
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
-    flops = float((cost or {}).get("flops", float("nan")))
+    # XLA's cost analysis of an SPMD-partitioned step counts one device's share.
+    flops = float((cost or {}).get("flops", float("nan"))) * num_devices
 
     holder = {"state": state}
 
@@ -271,6 +278,7 @@ def run_jax(
         "size": size,
         "dtype": dtype,
         "conv_backward": conv_backward,
+        "devices": num_devices,
         "compile_s": compile_s,
         "step_ms": step_ms,
         "step_times_ms": step_times,
@@ -484,6 +492,13 @@ def main(argv=None) -> dict:
     p.add_argument("--compare", default=None, choices=("torchvision",))
     p.add_argument("--torch-python", default=None, help="interpreter with torch + torchvision")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    p.add_argument(
+        "--host-devices",
+        type=int,
+        default=1,
+        help="CPU: XLA devices to split the host into, data parallel (1 = one device using "
+        "every core; 0 = one per core that divides the batch, as segjax.train does by default)",
+    )
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--json", action="store_true", help="also print all figures as JSON")
     p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
@@ -502,6 +517,13 @@ def main(argv=None) -> dict:
             f"--compare torchvision: no torchvision equivalent of {args.model!r}; "
             f"comparable: {', '.join(TORCHVISION_MODELS)}"
         )
+    from segjax import config as config_lib
+    from segjax import sharding
+
+    host = config_lib.base_config()
+    host.host_devices = args.host_devices
+    host.train.batch_size = host.eval.batch_size = args.batch
+    sharding.configure_host_devices(host)  # before JAX starts its backends
     import jax
 
     conv_backward = args.conv_backward or ("taps" if jax.default_backend() == "cpu" else "xla")
@@ -528,7 +550,8 @@ def main(argv=None) -> dict:
             summary["eval_ratio"] = ours["eval_img_s"] / theirs["eval_img_s"]
     print(
         f"{args.model}, batch {args.batch}, {args.size}×{args.size}, {args.dtype}, "
-        f"{ours['backend']} ({ours['device_kind']}), load average {load:.2f} at start; "
+        f"{ours['backend']} ({ours['device_kind']}) × {ours['devices']} device(s), "
+        f"load average {load:.2f} at start; "
         f"step times are medians of {args.steps} after 1 warm-up"
     )
     print(_fmt(results))

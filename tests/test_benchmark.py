@@ -182,6 +182,7 @@ def test_run_jax_tiny_model_figures():
         result["mfu"], result["flops_per_step"] / (result["step_ms"] / 1e3) / 1e11, rtol=1e-6
     )
     assert result["conv_backward"] == "taps" and result["model"] == "_TinyNet"
+    assert result["devices"] == 2  # batch 2 split over 2 of the 8 test devices
     assert np.isfinite(result["loss"])
     np.testing.assert_allclose(result["train_img_s"], 2 / (result["step_ms"] / 1e3), rtol=1e-6)
 
