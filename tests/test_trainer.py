@@ -128,8 +128,6 @@ def test_mesh_errors():
 def test_conv_backward_paths_agree():
     """The per-tap matmul weight gradient (CPU default) gives XLA's step within tolerance."""
     config = _micro_config()
-    config.model.kwargs.width = 4
-    config.data.crop_size = (12, 12)
     model = trainer.create_model(config)
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     state = trainer.make_init_fn(model, tx, config)(jax.random.key(0))
