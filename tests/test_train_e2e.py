@@ -39,6 +39,10 @@ def test_run_resume_and_finish(tiny_config, tmp_path):
 
 def _cli(*args, env_extra=None, cwd=ROOT):
     env = dict(os.environ, **(env_extra or {}))
+    # Not the 8 fake devices of this pytest process: let the CLI split the host as users get it.
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+        "--xla_force_host_platform_device_count=8", ""
+    )
     return subprocess.run(
         [sys.executable, "-m", "segjax.train", *args],
         capture_output=True,
