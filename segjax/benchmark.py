@@ -239,7 +239,8 @@ def run_jax(
     images, labels = random_batch(batch, size, num_classes)
     data = {"image": jnp.asarray(images), "mask": jnp.asarray(labels)}
     # Data parallel over as many devices as divide the batch, as segjax.train runs.
-    num_devices = max(d for d in range(1, len(jax.devices()) + 1) if batch % d == 0)
+    cfg.eval.batch_size = batch
+    num_devices = sharding.auto_host_devices(cfg, len(jax.devices()))
     if num_devices > 1:
         mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:num_devices])
         state = jax.device_put(state, sharding.replicated(mesh))
