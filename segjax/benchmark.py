@@ -31,7 +31,9 @@ Reported:
 ``layers.fast_conv_backward()``: every ``nn.Conv`` runs through
 ``layers.conv_general_dilated_fast`` (weight gradients as per-tap matmuls, 1×1 convs as matmuls,
 depthwise convs as shifted multiply-adds, mostly-padding atrous convs as shifted matmuls; same
-numbers). ``xla`` keeps XLA's own convolutions. See docs/PERFORMANCE.md for measured figures.
+numbers). ``xla`` keeps XLA's own convolutions. ``--cpu-scheduler`` picks XLA:CPU's instruction
+scheduler for both steps (``config.cpu_scheduler``; default ``memory``, as training uses). See
+docs/PERFORMANCE.md for measured figures.
 
 This module imports neither JAX nor torch at import time: the torchvision side runs in an
 interpreter that may not have JAX.
@@ -197,6 +199,7 @@ def run_jax(
     steps: int = 3,
     num_classes: int = 21,
     conv_backward: str = "taps",
+    cpu_scheduler: str = "memory",
     evaluate: bool = True,
     peak: tuple[float, str] | None = None,
 ) -> dict:
@@ -225,6 +228,8 @@ def run_jax(
     cfg.train.batch_size = batch
     cfg.train.aux_weight = AUX_WEIGHT
     cfg.conv_backward = conv_backward
+    cfg.cpu_scheduler = cpu_scheduler
+    options = trainer.compiler_options(cpu_scheduler)
     cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay = LR, MOMENTUM, WEIGHT_DECAY
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
     variables = he_init_variables(net, size)
@@ -249,7 +254,8 @@ def run_jax(
     peak_flops, peak_source = peak or device_peak(dtype)
 
     start = time.perf_counter()
-    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, data).compile()
+    compiled = jax.jit(step_fn, donate_argnums=0, compiler_options=options)
+    compiled = compiled.lower(state, data).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
@@ -279,6 +285,7 @@ def run_jax(
         "size": size,
         "dtype": dtype,
         "conv_backward": conv_backward,
+        "cpu_scheduler": cpu_scheduler,
         "devices": num_devices,
         "compile_s": compile_s,
         "step_ms": step_ms,
@@ -294,7 +301,7 @@ def run_jax(
         forward = lambda v, x: net.apply(v, x, train=False)["out"]
         start = time.perf_counter()
         with trainer.conv_path(conv_backward):
-            ev = jax.jit(forward).lower(ev_vars, data["image"]).compile()
+            ev = jax.jit(forward, compiler_options=options).lower(ev_vars, data["image"]).compile()
         out["eval_compile_s"] = time.perf_counter() - start
         jax.block_until_ready(ev(ev_vars, data["image"]))
         ms = _median_ms(lambda: jax.block_until_ready(ev(ev_vars, data["image"])), steps)
@@ -490,6 +497,12 @@ def main(argv=None) -> dict:
         choices=("taps", "xla"),
         help="conv weight gradient: per-tap matmuls (default on CPU) or XLA's",
     )
+    p.add_argument(
+        "--cpu-scheduler",
+        default="memory",
+        choices=("memory", "concurrency", "xla"),
+        help="XLA:CPU instruction scheduler (config.cpu_scheduler)",
+    )
     p.add_argument("--compare", default=None, choices=("torchvision",))
     p.add_argument("--torch-python", default=None, help="interpreter with torch + torchvision")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
@@ -530,7 +543,13 @@ def main(argv=None) -> dict:
     conv_backward = args.conv_backward or ("taps" if jax.default_backend() == "cpu" else "xla")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     ours = run_jax(
-        args.model, args.batch, args.size, dtype=args.dtype, conv_backward=conv_backward, **common
+        args.model,
+        args.batch,
+        args.size,
+        dtype=args.dtype,
+        conv_backward=conv_backward,
+        cpu_scheduler=args.cpu_scheduler,
+        **common,
     )
     results = [ours]
     summary = {"segjax": ours, "load_average_1min_at_start": load}

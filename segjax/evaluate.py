@@ -100,7 +100,8 @@ def evaluate(config, variables, mesh, options, split, *, model=None, source=None
         return metrics.confusion_matrix(labels, preds, num_classes), batch["valid"].sum()
 
     repl = sharding.replicated(mesh)
-    step = jax.jit(step, out_shardings=(repl, repl))
+    options = trainer_lib.compiler_options(config.cpu_scheduler)
+    step = jax.jit(step, out_shardings=(repl, repl), compiler_options=options)
     cm = np.zeros((num_classes, num_classes), np.int64)
     count = 0
     for batch in stream:

@@ -126,14 +126,17 @@ def predict_files(
     import numpy as np
     from tqdm import tqdm
 
-    from segjax import inference
+    from segjax import inference, trainer
     from segjax.data import image_io
 
     options = options or inference.InferenceOptions()
     mean = np.asarray(config.data.mean, np.float32)
     std = np.asarray(config.data.std, np.float32)
     predictor = inference.make_predictor(model, options, mean=tuple(mean), std=tuple(std))
-    labels_fn = jax.jit(lambda v, x: jax.numpy.argmax(predictor(v, x), axis=-1).astype("uint8"))
+    labels_fn = jax.jit(
+        lambda v, x: jax.numpy.argmax(predictor(v, x), axis=-1).astype("uint8"),
+        compiler_options=trainer.compiler_options(config.cpu_scheduler),
+    )
     # One image at a time: the whole model on one device (no replicated work on the others).
     variables = jax.device_put(jax.device_get(variables), jax.local_devices()[0])
     palette = palette_for(config)

@@ -181,6 +181,31 @@ def conv_path(choice: str = "auto"):
     return layers.fast_conv_backward(enabled=None if choice == "auto" else choice == "taps")
 
 
+_CPU_SCHEDULERS = {
+    "memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+    "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
+    "xla": None,
+}
+
+
+def compiler_options(cpu_scheduler: str = "memory") -> dict[str, str] | None:
+    """``jax.jit(compiler_options=...)`` for ``config.cpu_scheduler`` on the current backend.
+
+    XLA:CPU's default, concurrency-optimised schedule lets independent ops (the weight-gradient
+    matmuls of a backward pass) run at the same time on the same cores, each with its own thread
+    pool share; measured on 2 cores, the memory-optimised schedule made ResNet-50 segmentation
+    train steps 15–20 % faster and their peak memory ~15 % smaller (docs/PERFORMANCE.md).
+    """
+    if cpu_scheduler not in _CPU_SCHEDULERS:
+        raise ValueError(
+            f"config.cpu_scheduler={cpu_scheduler!r}: expected one of {sorted(_CPU_SCHEDULERS)}"
+        )
+    value = _CPU_SCHEDULERS[cpu_scheduler]
+    if value is None or jax.default_backend() != "cpu":
+        return None
+    return {"xla_cpu_scheduler_type": value}
+
+
 def make_eval_step(model: nn.Module, num_classes: int, conv_backward: str = "auto"):
     """``(state, batch) → (confusion matrix [C, C], predictions [B, H, W])`` (pure)."""
 
@@ -214,16 +239,19 @@ class Trainer:
         self._rng = rng
         batch_sh = sharding.batch_sharding(self.mesh)
         repl = sharding.replicated(self.mesh)
+        options = compiler_options(config.cpu_scheduler)
         self.train_step = jax.jit(
             make_train_step(self.model, self.tx, self.schedule, config),
             in_shardings=(self.state_shardings, batch_sh),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=0,
+            compiler_options=options,
         )
         self.eval_step = jax.jit(
             make_eval_step(self.model, config.model.num_classes, config.conv_backward),
             in_shardings=(self.state_shardings, batch_sh),
             out_shardings=(repl, batch_sh),
+            compiler_options=options,
         )
 
     def init_state(self) -> TrainState:

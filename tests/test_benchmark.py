@@ -27,6 +27,8 @@ CASES = {
     "dense 128": ((1, 4, 4, 128), (3, 3, 128, 8), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
     "dead taps d8": ((1, 6, 6, 4), (3, 3, 4, 5), (1, 1), ((8, 8), (8, 8)), (8, 8), 1),
     "dead rows d5": ((1, 4, 12, 4), (3, 3, 4, 5), (1, 1), ((5, 5), (5, 5)), (5, 5), 1),
+    "1x1 s2 wide→narrow": ((2, 7, 7, 12), (1, 1, 12, 5), (2, 2), ((0, 0), (0, 0)), (1, 1), 1),
+    "1x1 narrow→wide": ((2, 5, 5, 3), (1, 1, 3, 8), (1, 1), ((0, 0), (0, 0)), (1, 1), 1),
 }
 
 
@@ -44,20 +46,29 @@ def _reference(x, k, strides, padding, dilation, groups):
     )  # fmt: skip
 
 
-def test_taps_weight_grad_matches_xla():
-    """The per-tap weight gradient equals XLA's on the cases where _use_taps keeps XLA's."""
-    for name in ("3x3 d2", "7x7 s2 asym", "grouped 3x3"):
-        x_shape, k_shape, strides, padding, dilation, groups = CASES[name]
-        x, k = _arrays(x_shape, k_shape)
-        conv = functools.partial(
-            _reference, strides=strides, padding=padding, dilation=dilation, groups=groups
-        )
-        y, vjp = jax.vjp(functools.partial(conv, x), k)
-        dy = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), jnp.float32)
-        want = vjp(dy)[0]
-        got = layers._taps_weight_grad(x, dy, k.shape, strides, padding, dilation, groups, k.dtype)
-        chex.assert_shape(got, k.shape)
-        chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4, custom_message=name)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_taps_weight_grad_matches_xla(dtype):
+    """The per-tap weight gradient equals XLA's on every case, whichever operand it transposes
+    (input or output gradient, by channel count), also where _use_taps keeps XLA's; float64
+    stays float64 (no float32 accumulation)."""
+    with jax.enable_x64(dtype == jnp.float64):
+        for name, case in CASES.items():
+            _check_taps_weight_grad(name, *case, dtype=dtype)
+
+
+def _check_taps_weight_grad(name, x_shape, k_shape, strides, padding, dilation, groups, dtype):
+    x, k = (a.astype(dtype) for a in _arrays(x_shape, k_shape))
+    conv = functools.partial(
+        _reference, strides=strides, padding=padding, dilation=dilation, groups=groups
+    )
+    y, vjp = jax.vjp(functools.partial(conv, x), k)
+    dy = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), dtype)
+    want = vjp(dy)[0]
+    got = layers._taps_weight_grad(x, dy, k.shape, strides, padding, dilation, groups, k.dtype)
+    chex.assert_shape(got, k.shape)
+    chex.assert_type(got, dtype)
+    tol = 1e-4 if dtype == jnp.float32 else 1e-10
+    chex.assert_trees_all_close(got, want, rtol=tol, atol=tol, custom_message=name)
 
 
 class FastConvTest(chex.TestCase):
@@ -103,6 +114,7 @@ class FastConvTest(chex.TestCase):
             "3x3/2 asym": ((1, 4, 6, 2), (3, 3, 2, 3), (2, 2), ((1, 2), (2, 1)), 1),
             "4x4/3 no pad": ((1, 3, 3, 2), (4, 4, 2, 2), (3, 3), ((0, 0), (0, 0)), 1),
             "depthwise 4x4/2": ((1, 4, 4, 3), (4, 4, 1, 3), (2, 2), ((2, 2), (2, 2)), 3),
+            "4x4/2 wide→narrow": ((1, 4, 4, 6), (4, 4, 6, 2), (2, 2), ((2, 2), (2, 2)), 1),
         }
         for name, (x_shape, k_shape, dil, padding, groups) in cases.items():
             x, k = _arrays(x_shape, k_shape)

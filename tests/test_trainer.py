@@ -145,3 +145,27 @@ def test_conv_backward_paths_agree():
     step = trainer.make_train_step(model, tx, schedule, config)
     with np.testing.assert_raises_regex(ValueError, "conv_backward='fast'"):
         step(state, batch)
+
+
+def test_cpu_scheduler_compiler_options():
+    """config.cpu_scheduler reaches XLA (an unknown option would be rejected at compile time)
+    and leaves the train step's results unchanged."""
+    assert trainer.compiler_options("xla") is None
+    memory = trainer.compiler_options("memory")
+    assert memory == {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    with np.testing.assert_raises_regex(ValueError, "config.cpu_scheduler='fifo'"):
+        trainer.compiler_options("fifo")
+    with np.testing.assert_raises_regex(Exception, "No such compile option"):
+        jax.jit(jnp.sin, compiler_options={"xla_cpu_no_such_option": "1"})(1.0)
+    config = _micro_config()
+    model = trainer.create_model(config)
+    tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+    state = trainer.make_init_fn(model, tx, config)(jax.random.key(0))
+    batch = _batch(config, batch=2)
+    fn = trainer.make_train_step(model, tx, schedule, config)
+    results = {
+        name: jax.jit(fn, compiler_options=trainer.compiler_options(name))(state, batch)
+        for name in ("memory", "concurrency", "xla")
+    }
+    chex.assert_trees_all_close(results["memory"], results["xla"], rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(results["concurrency"], results["xla"], rtol=1e-6, atol=1e-7)

@@ -261,6 +261,19 @@ class BilinearConvTranspose(nn.Module):
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def _own_transpose(v, perm):
+    """``jnp.transpose`` run as a copy of its own, of an already materialised buffer.
+
+    Left to itself XLA:CPU fuses the transposing copy a weight-gradient dot needs into the
+    elementwise ops producing its operand (batch-norm backward, a shifted slice), and its loop
+    emitter then reads every input in transposed order: measured 5–15× slower than the same
+    transpose alone, a third of a ResNet-50 train step. The barriers keep the producer out and
+    stop the dot from folding the transpose back into its dimension numbers.
+    """
+    barrier = jax.lax.optimization_barrier
+    return barrier(jnp.transpose(barrier(v), perm))
+
+
 def _taps_weight_grad(
     x, dy, kshape, strides, padding, rhs_dilation, groups, out_dtype, lhs_dilation=(1, 1)
 ):
@@ -269,7 +282,9 @@ def _taps_weight_grad(
     Tap ``(i, j)`` pairs every output pixel with the input pixel it reads: a strided slice of the
     padded input (plain / strided / atrous convs) or, for input-dilated (transposed) convs with
     unit stride and kernel dilation, a strided slice of the padded output gradient against the
-    undilated input (no multiplications by the inserted zeros).
+    undilated input (no multiplications by the inserted zeros). Every tap contracts the pixels,
+    so one operand must be pixel-minor: the narrower of the two is transposed once, up front,
+    and each tap is a plain ``[C, P] · [P, C']`` GEMM.
     """
     kh, kw, cig, co = kshape
     n, h, w, ci = x.shape
@@ -277,13 +292,12 @@ def _taps_weight_grad(
     (sh, sw), (dh, dw) = strides, rhs_dilation
     cog = co // groups
     if tuple(lhs_dilation) == (1, 1):
-        pads = ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0))
-        xp = jax.lax.pad(x, jnp.zeros((), x.dtype), pads)
+        # Tap (i, j): a window of the padded input against the whole output gradient.
+        varying, fixed, steps = x, dy, (sh, sw)
+        pad_cfg = ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0))
 
-        def pair(i, j):
-            start = (0, i * dh, j * dw, 0)
-            stop = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, ci)
-            return jax.lax.slice(xp, start, stop, (1, sh, sw, 1)), dy
+        def window(i, j):
+            return (i * dh, j * dw), (ho, wo)
 
     else:
         if (sh, sw, dh, dw) != (1, 1, 1, 1):
@@ -291,29 +305,63 @@ def _taps_weight_grad(
                 "_taps_weight_grad: input dilation needs unit window strides and kernel dilation, "
                 f"got strides {strides}, rhs_dilation {rhs_dilation}"
             )
+        # Tap (i, j): the undilated input against a strided window of the padded output grad.
         (lh, lw), (lo_h, lo_w) = lhs_dilation, (padding[0][0], padding[1][0])
         left_h, left_w = kh - 1 + max(0, -lo_h), kw - 1 + max(0, -lo_w)
         right_h = max(0, lo_h + lh * (h - 1) + 1 - ho)
         right_w = max(0, lo_w + lw * (w - 1) + 1 - wo)
-        pads = ((0, 0, 0), (left_h, right_h, 0), (left_w, right_w, 0), (0, 0, 0))
-        dyp = jax.lax.pad(dy, jnp.zeros((), dy.dtype), pads)
+        varying, fixed, steps = dy, x, (lh, lw)
+        pad_cfg = ((0, 0, 0), (left_h, right_h, 0), (left_w, right_w, 0), (0, 0, 0))
 
-        def pair(i, j):
-            top, left = lo_h - i + left_h, lo_w - j + left_w
-            stop = (n, top + lh * (h - 1) + 1, left + lw * (w - 1) + 1, co)
-            return x, jax.lax.slice(dyp, (0, top, left, 0), stop, (1, lh, lw, 1))
+        def window(i, j):
+            return (lo_h - i + left_h, lo_w - j + left_w), (h, w)
 
-    taps = []
+    if any(v for dim in pad_cfg for v in dim):
+        varying = jax.lax.pad(varying, jnp.zeros((), varying.dtype), pad_cfg)
+    p = n * fixed.shape[1] * fixed.shape[2]
+    acc = jnp.promote_types(x.dtype, jnp.float32)  # float32 accumulation, float64 kept
+    dot = lambda a, b: jax.lax.dot(a, b, preferred_element_type=acc)
+    if groups == 1 and cig > 1:
+        x_varies = tuple(lhs_dilation) == (1, 1)
+        c_var, c_fix = (ci, co) if x_varies else (co, ci)
+        taps = []
+        if c_fix <= c_var:  # transpose the fixed operand once: [c_fix, P] · window [P, c_var]
+            fixed_t = _own_transpose(fixed.reshape(p, c_fix), (1, 0))
+            for i in range(kh):
+                for j in range(kw):
+                    (top, left), (rows, cols) = window(i, j)
+                    stop = (n, top + (rows - 1) * steps[0] + 1, left + (cols - 1) * steps[1] + 1)
+                    win = jax.lax.slice(varying, (0, top, left, 0), (*stop, c_var), (1, *steps, 1))
+                    taps.append(dot(fixed_t, win.reshape(p, c_var)))  # [c_fix, c_var]
+            out = jnp.stack(taps)  # [taps, c_fix, c_var]
+            out = out.transpose(0, 2, 1) if x_varies else out  # → [taps, ci, co]
+        else:  # transpose the varying operand once: window [c_var, P] · [P, c_fix]
+            var_t = _own_transpose(varying, (3, 0, 1, 2))  # [c_var, N, H, W]
+            fixed_flat = fixed.reshape(p, c_fix)
+            for i in range(kh):
+                for j in range(kw):
+                    (top, left), (rows, cols) = window(i, j)
+                    stop = (top + (rows - 1) * steps[0] + 1, left + (cols - 1) * steps[1] + 1)
+                    win = jax.lax.slice(var_t, (0, 0, top, left), (c_var, n, *stop), (1, 1, *steps))
+                    taps.append(dot(win.reshape(c_var, p), fixed_flat))  # [c_var, c_fix]
+            out = jnp.stack(taps)
+            out = out if x_varies else out.transpose(0, 2, 1)
+        return out.reshape(kh, kw, ci, co).astype(out_dtype)
+
+    taps = []  # grouped and depthwise kernels: pixel-major operands, batched over groups
     for i in range(kh):
         for j in range(kw):
-            a, b = pair(i, j)
-            p = a.shape[0] * a.shape[1] * a.shape[2]
+            (top, left), (rows, cols) = window(i, j)
+            stop = (n, top + (rows - 1) * steps[0] + 1, left + (cols - 1) * steps[1] + 1)
+            c_var = varying.shape[-1]
+            win = jax.lax.slice(varying, (0, top, left, 0), (*stop, c_var), (1, *steps, 1))
+            a, b = (win, dy) if tuple(lhs_dilation) == (1, 1) else (x, win)
             a, b = a.reshape(p, groups, cig), b.reshape(p, groups, cog)
             if cig == 1:  # depthwise: a per-channel reduction, not a matmul
-                t = jnp.sum(a.astype(jnp.float32) * b.astype(jnp.float32), axis=0)
+                t = jnp.sum(a.astype(acc) * b.astype(acc), axis=0)
             else:  # [G, cig, cog] batched over groups, contracting the pixels
                 t = jax.lax.dot_general(
-                    a, b, (((0,), (0,)), ((1,), (1,))), preferred_element_type=jnp.float32
+                    a, b, (((0,), (0,)), ((1,), (1,))), preferred_element_type=acc
                 ).transpose(1, 0, 2)
             taps.append(t.reshape(cig, co).astype(out_dtype))
     return jnp.stack(taps).reshape(kh, kw, cig, co)
@@ -364,6 +412,27 @@ def _conv_taps_bwd(strides, padding, lhs_dilation, rhs_dilation, groups, precisi
 
 
 _conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
+
+
+def _pointwise_fwd_impl(x, k, precision):
+    return jnp.einsum("nhwc,cd->nhwd", x, k, precision=precision)
+
+
+_pointwise = jax.custom_vjp(_pointwise_fwd_impl, nondiff_argnums=(2,))
+
+
+def _pointwise_fwd(x, k, precision):
+    return _pointwise(x, k, precision), (x, k)
+
+
+def _pointwise_bwd(precision, res, dy):
+    x, k = res
+    dx = jnp.einsum("nhwd,cd->nhwc", dy, k, precision=precision)
+    dk = _taps_weight_grad(x, dy, (1, 1, *k.shape), (1, 1), ((0, 0), (0, 0)), (1, 1), 1, k.dtype)
+    return dx, dk[0, 0]
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 def conv_general_dilated_fast(
@@ -436,7 +505,7 @@ def conv_general_dilated_fast(
     ):
         # 1×1 conv: a matmul (XLA:CPU runs dots ~2× faster than the same 1×1 convolution).
         x = lhs[:, :: strides[0], :: strides[1]] if strides != (1, 1) else lhs
-        return jnp.einsum("nhwc,cd->nhwd", x, rhs[0, 0], precision=precision)
+        return _pointwise(x, rhs[0, 0], precision)
     channels = lhs.shape[-1]
     if not transposed and feature_group_count == channels == rhs.shape[-1] and channels > 1:
         return _depthwise_taps_conv(lhs, rhs, strides, padding, rhs_dilation)
@@ -491,7 +560,7 @@ def _shifted_matmul_conv(x, k, padding, rhs_dilation, precision):
             xs = x[
                 :, ra + i * dh - top : rb + i * dh - top, ca + j * dw - left : cb + j * dw - left
             ]
-            part = jnp.einsum("nhwc,cd->nhwd", xs, k[i, j], precision=precision)
+            part = _pointwise(xs, k[i, j], precision)
             part = jnp.pad(part, ((0, 0), (ra, ho - rb), (ca, wo - cb), (0, 0)))
             y = part if y is None else y + part
     if y is None:  # every tap reads padding only
