@@ -29,6 +29,9 @@ CASES = {
     "dead rows d5": ((1, 4, 12, 4), (3, 3, 4, 5), (1, 1), ((5, 5), (5, 5)), (5, 5), 1),
     "1x1 s2 wide→narrow": ((2, 7, 7, 12), (1, 1, 12, 5), (2, 2), ((0, 0), (0, 0)), (1, 1), 1),
     "1x1 narrow→wide": ((2, 5, 5, 3), (1, 1, 3, 8), (1, 1), ((0, 0), (0, 0)), (1, 1), 1),
+    "winograd odd": ((1, 7, 5, 512), (3, 3, 512, 64), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    "winograd d3 asym": ((1, 9, 8, 512), (3, 3, 512, 64), (1, 1), ((3, 2), (1, 3)), (3, 3), 1),
+    "winograd fwd 2048": ((1, 4, 4, 2048), (3, 3, 2048, 64), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
 }
 
 
@@ -71,11 +74,46 @@ def _check_taps_weight_grad(name, x_shape, k_shape, strides, padding, dilation, 
     chex.assert_trees_all_close(got, want, rtol=tol, atol=tol, custom_message=name)
 
 
+@pytest.mark.parametrize(
+    "shape, padding, d",
+    [
+        ((2, 7, 5, 3), ((1, 1), (1, 1)), 1),  # odd sizes: partial 2×2 output blocks
+        ((1, 8, 8, 2), ((0, 0), (0, 0)), 1),  # VALID
+        ((1, 9, 11, 2), ((2, 2), (2, 2)), 2),
+        ((1, 10, 7, 2), ((4, 1), (0, 3)), 3),  # asymmetric padding, atrous
+        ((1, 12, 12, 2), ((12, 12), (12, 12)), 12),  # rate as large as the map
+    ],
+)
+def test_winograd_conv_is_exact(shape, padding, d):
+    """Winograd F(2×2, 3×3) equals the direct convolution (float64: only rounding differs),
+    forward and both gradients."""
+    with jax.enable_x64(True):
+        x, k = (a.astype(jnp.float64) for a in _arrays(shape, (3, 3, shape[-1], 4)))
+        ref = functools.partial(
+            _reference, strides=(1, 1), padding=padding, dilation=(d, d), groups=1
+        )
+        wino = lambda x, k: layers._winograd_conv(x, k, padding, d)
+        chex.assert_trees_all_close(wino(x, k), ref(x, k), rtol=1e-12, atol=1e-12)
+        loss = lambda f: jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k)
+        chex.assert_trees_all_close(loss(wino), loss(ref), rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_routing():
+    """Dense stride-1 3×3 convs from 512 input channels take the Winograd custom VJP."""
+    for name in ("winograd odd", "winograd d3 asym", "winograd fwd 2048"):
+        x_shape, k_shape, strides, padding, dilation, groups = CASES[name]
+        assert layers._use_winograd(x_shape, k_shape, strides, padding, dilation, groups), name
+    for name in ("dense 128", "3x3 s2 odd", "grouped 3x3"):
+        x_shape, k_shape, strides, padding, dilation, groups = CASES[name]
+        assert not layers._use_winograd(x_shape, k_shape, strides, padding, dilation, groups)
+
+
 class FastConvTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_value_and_gradients_match_lax(self):
         for name, (x_shape, k_shape, strides, padding, dilation, groups) in CASES.items():
             x, k = _arrays(x_shape, k_shape)
+            k = k / np.sqrt(np.prod(k_shape[:3]))  # unit-variance outputs, as with He init
 
             def loss(conv, x, k, strides=strides, padding=padding, d=dilation, g=groups):
                 y = conv(
