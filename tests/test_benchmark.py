@@ -31,7 +31,7 @@ CASES = {
     "1x1 narrow→wide": ((2, 5, 5, 3), (1, 1, 3, 8), (1, 1), ((0, 0), (0, 0)), (1, 1), 1),
     "winograd odd": ((1, 7, 5, 512), (3, 3, 512, 64), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
     "winograd d3 asym": ((1, 9, 8, 512), (3, 3, 512, 64), (1, 1), ((3, 2), (1, 3)), (3, 3), 1),
-    "winograd fwd 2048": ((1, 4, 4, 2048), (3, 3, 2048, 64), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    "winograd 2048": ((1, 4, 4, 2048), (3, 3, 2048, 64), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
 }
 
 
@@ -100,7 +100,7 @@ def test_winograd_conv_is_exact(shape, padding, d):
 
 def test_winograd_routing():
     """Dense stride-1 3×3 convs from 512 input channels take the Winograd custom VJP."""
-    for name in ("winograd odd", "winograd d3 asym", "winograd fwd 2048"):
+    for name in ("winograd odd", "winograd d3 asym", "winograd 2048"):
         x_shape, k_shape, strides, padding, dilation, groups = CASES[name]
         assert layers._use_winograd(x_shape, k_shape, strides, padding, dilation, groups), name
     for name in ("dense 128", "3x3 s2 odd", "grouped 3x3"):

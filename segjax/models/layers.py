@@ -256,7 +256,9 @@ class BilinearConvTranspose(nn.Module):
 # * 1×1 convs as matmuls (forward and both gradients);
 # * depthwise convs as sums of shifted, per-channel scaled slices (one fused loop);
 # * atrous convs whose taps mostly read padding (ASPP rates 12/24/36 on 32×32 maps) as shifted
-#   matmuls over the output regions each tap really reaches.
+#   matmuls over the output regions each tap really reaches;
+# * dense stride-1 3×3 convs (≥ 64 channels) as Winograd F(2×2, 3×3): 16 GEMMs per conv with
+#   2.25× fewer multiply-adds, forward and both gradients.
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -451,9 +453,10 @@ def conv_general_dilated_fast(
     """Drop-in ``lax.conv_general_dilated`` that runs convolutions as matmuls where that is faster.
 
     1×1 convs are einsums; depthwise convs are sums of shifted slices times per-channel weights;
-    stride-1 atrous convs doing mostly padding work are shifted matmuls over live regions; every
-    other conv keeps XLA's forward and input gradient and gets a per-tap matmul weight gradient
-    (custom VJP).
+    stride-1 atrous convs doing mostly padding work are shifted matmuls over live regions; dense
+    stride-1 3×3 convs with ≥ 64 channels run as Winograd F(2×2, 3×3) GEMMs (forward and both
+    gradients); every other conv keeps XLA's forward and input gradient and gets a per-tap
+    matmul weight gradient (custom VJP).
 
     Same forward result and the same gradients (within float rounding) as
     ``lax.conv_general_dilated``. 2-D NHWC/HWIO convs take the custom VJP (input-dilated, i.e.
@@ -518,14 +521,13 @@ def conv_general_dilated_fast(
     if not transposed:
         rhs, padding = _crop_dead_taps(lhs.shape[1:3], rhs, strides, padding, rhs_dilation)
         if _use_winograd(lhs.shape, rhs.shape, strides, padding, rhs_dilation, feature_group_count):
-            forward = channels >= _WINOGRAD_FORWARD_CHANNELS
-            return _conv_winograd(lhs, rhs, padding, rhs_dilation[0], precision, forward)
+            return _conv_winograd(lhs, rhs, padding, rhs_dilation[0], precision)
     return _conv_taps(
         lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, int(feature_group_count), precision
     )
 
 
-# --- Winograd F(2×2, 3×3) for the backward pass of dense 3×3 convs ----------------------------
+# --- Winograd F(2×2, 3×3) for dense stride-1 3×3 convs -----------------------------------------
 #
 # Each 2×2 block of outputs is computed from a 4×4 input tile with 16 multiplications per
 # channel pair instead of 36 (Lavin & Gray, 2016): input tiles and the kernel are transformed by
@@ -533,18 +535,15 @@ def conv_general_dilated_fast(
 # transformed back. Forward and both gradients (by autodiff of the same formulation) do 2.25×
 # fewer multiply-adds than the direct convolution, in GEMMs, which XLA:CPU runs at its matmul
 # rate. Atrous convs tile in dilated space (a tile's rows are ``d`` apart), so no reshuffling.
-# The transforms are exact in binary floating point except the ½ in the kernel transform;
-# results agree with the direct convolution to ~1e-6 relative in float32.
+# Only the rounding of the transforms' additions differs from the direct convolution: results
+# agree to ~1e-6 relative in float32 and ~1e-15 in float64 (tests/test_benchmark.py).
 
 _WINO_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))  # input transform
 _WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))  # kernel
 _WINO_AT = ((1, 1, 1, 0), (0, 1, -1, -1))  # output transform
-# Input channels from which the backward pass runs as Winograd GEMMs: measured on fcn_resnet50 /
-# deeplabv3_resnet50 train steps, 512 was as fast as 64 with less memory (docs/PERFORMANCE.md).
-_WINOGRAD_MIN_CHANNELS = 512
-# Input channels from which the forward pass also runs as Winograd GEMMs (below it XLA's
-# convolution forward measured faster; benchmarks/conv_backward.py).
-_WINOGRAD_FORWARD_CHANNELS = 2048
+# Smallest channel counts taking the Winograd path (below, XLA's convolution and the per-tap
+# weight gradient were as fast; benchmarks/conv_backward.py).
+_WINOGRAD_MIN_CHANNELS = 64
 
 
 def _combine(matrix, terms):
@@ -566,15 +565,14 @@ def _combine(matrix, terms):
 
 
 def _use_winograd(x_shape, k_shape, strides, padding, rhs_dilation, groups) -> bool:
-    """Dense stride-1 3×3 convs with ≥ 512 input channels and non-negative padding."""
+    """Dense stride-1 3×3 convs with ≥ 64 channels each way and non-negative padding."""
     kh, kw, ci, co = k_shape
     return (
         (kh, kw) == (3, 3)
         and tuple(strides) == (1, 1)
         and groups == 1
         and rhs_dilation[0] == rhs_dilation[1]
-        and ci >= _WINOGRAD_MIN_CHANNELS
-        and co >= 64
+        and min(ci, co) >= _WINOGRAD_MIN_CHANNELS
         and all(v >= 0 for pad in padding for v in pad)
         and all(x_shape[1 + a] + sum(padding[a]) - 2 * rhs_dilation[a] > 0 for a in (0, 1))
     )
@@ -597,15 +595,17 @@ def _winograd_conv(x, k, padding, d, precision=None):
     def tile(r, s):
         return xr[:, r // 2 : r // 2 + bh, r % 2, :, s // 2 : s // 2 + bw, s % 2, :, :]
 
-    g = jnp.asarray(_WINO_G, k.dtype)
-    u = jnp.einsum("ri,sj,ijab->rsab", g, g, k, precision=precision)  # [4, 4, Cin, Cout]
+    # Kernel transform G·k·Gᵀ as adds and halvings (an einsum here became a K=3 matmul over
+    # Cin·Cout rows, slower than the whole conv's GEMMs).
+    k_rows = [_combine(_WINO_G, [k[i, j] for i in range(3)]) for j in range(3)]  # [j][r]
+    u = [_combine(_WINO_G, [k_rows[j][r] for j in range(3)]) for r in range(4)]  # [r][s]
     rows = [_combine(_WINO_BT, [tile(r, s) for s in range(4)]) for r in range(4)]  # [r][s']
     m = [[None] * 4 for _ in range(4)]
     for s in range(4):
         column = _combine(_WINO_BT, [rows[r][s] for r in range(4)])  # [r'] at column s'
         for r in range(4):
             v = column[r].reshape(tiles, c)
-            m[r][s] = jnp.dot(v, u[r, s], precision=precision).reshape(n, bh, d, bw, d, co)
+            m[r][s] = jnp.dot(v, u[r][s], precision=precision).reshape(n, bh, d, bw, d, co)
     mr = [_combine(_WINO_AT, m[r]) for r in range(4)]  # [r][j]
     y = [[None, None], [None, None]]
     for j in range(2):
@@ -616,21 +616,16 @@ def _winograd_conv(x, k, padding, d, precision=None):
     return y.reshape(n, bh * 2 * d, bw * 2 * d, co)[:, :ho, :wo]
 
 
-def _conv_winograd_impl(x, k, padding, d, precision, forward):
-    if forward:
-        return _winograd_conv(x, k, padding, d, precision)
-    return _xla_conv(x, k, (1, 1), padding, (1, 1), (d, d), 1, precision)
+# Winograd forward; the backward recomputes the input transform from (x, k) instead of keeping
+# the transformed tiles (4× the input) alive between the passes.
+_conv_winograd = jax.custom_vjp(_winograd_conv, nondiff_argnums=(2, 3, 4))
 
 
-_conv_winograd = jax.custom_vjp(_conv_winograd_impl, nondiff_argnums=(2, 3, 4, 5))
+def _conv_winograd_fwd(x, k, padding, d, precision):
+    return _conv_winograd(x, k, padding, d, precision), (x, k)
 
 
-def _conv_winograd_fwd(x, k, padding, d, precision, forward):
-    return _conv_winograd(x, k, padding, d, precision, forward), (x, k)
-
-
-def _conv_winograd_bwd(padding, d, precision, forward, res, dy):
-    # Autodiff of the Winograd form; its forward GEMMs are dead code here and XLA drops them.
+def _conv_winograd_bwd(padding, d, precision, res, dy):
     _, vjp = jax.vjp(lambda x, k: _winograd_conv(x, k, padding, d, precision), *res)
     return vjp(dy)
 
