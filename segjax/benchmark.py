@@ -15,7 +15,11 @@ Reported:
 * ``compile_s``: lowering + XLA compilation of the train step (eval step: ``eval_compile_s``);
 * ``step_ms``: median of ``--steps`` train steps after one warm-up step; ``train_img_s`` =
   batch / step time; ``eval_img_s`` likewise for a ``train=False`` forward pass;
-* ``flops_per_step``: XLA's cost analysis of the compiled train step;
+* ``flops_per_step``: the model's FLOPs per train step, as XLA's cost analysis counts the step
+  written with plain convolutions (``conv_backward="xla"``, lowered, not compiled): the count MFU
+  is defined on, comparable across paths and frameworks; ``executed_flops_per_step``: the cost
+  analysis of the compiled step actually timed (lower on the ``taps`` path, whose Winograd
+  convolutions do 2.25× fewer multiply-adds and which skips multiplications by padding);
 * ``mfu``: ``flops_per_step / step time / peak``; the peak is measured on CPU (the fastest of
   5 calls of a 2048² matmul, before the model runs) or the published dense peak of a known
   GPU/TPU (``PUBLISHED_PEAKS``);
@@ -260,7 +264,15 @@ def run_jax(
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     # XLA's cost analysis of an SPMD-partitioned step counts one device's share.
-    flops = float((cost or {}).get("flops", float("nan"))) * num_devices
+    executed_flops = float((cost or {}).get("flops", float("nan"))) * num_devices
+    flops = executed_flops
+    if conv_backward != "xla":  # model FLOPs: the same step with plain convolutions
+        plain = cfg.copy_and_resolve_references()
+        plain.conv_backward = "xla"
+        plain_fn = trainer.make_train_step(net, tx, schedule, plain)
+        plain_cost = jax.jit(plain_fn).lower(state, data).cost_analysis()
+        plain_cost = plain_cost[0] if isinstance(plain_cost, list | tuple) else plain_cost
+        flops = float((plain_cost or {}).get("flops", float("nan")))
 
     holder = {"state": state}
 
@@ -292,6 +304,7 @@ def run_jax(
         "step_times_ms": step_times,
         "train_img_s": batch / (step_ms / 1e3),
         "flops_per_step": flops,
+        "executed_flops_per_step": executed_flops,
         "loss": loss,
     }
     if evaluate:
@@ -470,6 +483,14 @@ def _fmt(results: list[dict]) -> str:
         (
             "GFLOP/step",
             lambda r: f"{r['flops_per_step'] / 1e9:.1f}" if "flops_per_step" in r else "-",
+        ),
+        (
+            "executed GFLOP/step",
+            lambda r: (
+                f"{r['executed_flops_per_step'] / 1e9:.1f}"
+                if "executed_flops_per_step" in r
+                else "-"
+            ),
         ),
         ("MFU", lambda r: f"{r['mfu']:.1%}" if "mfu" in r else "-"),
         ("peak memory GiB", lambda r: f"{r['peak_memory_bytes'] / 2**30:.2f}"),

@@ -224,7 +224,8 @@ def test_run_jax_tiny_model_figures():
     result = benchmark.run_jax(
         _TinyNet(), batch=2, size=16, steps=1, num_classes=3, peak=(1e11, "test peak")
     )
-    for key in ("compile_s", "step_ms", "train_img_s", "eval_img_s", "flops_per_step", "mfu"):
+    figures = ("compile_s", "step_ms", "train_img_s", "eval_img_s", "flops_per_step", "mfu")
+    for key in (*figures, "executed_flops_per_step"):
         assert np.isfinite(result[key]) and result[key] > 0, (key, result[key])
     assert result["peak_memory_bytes"] > 0
     assert result["peak_flops"] == 1e11 and result["peak_source"] == "test peak"
@@ -269,3 +270,18 @@ def test_run_torch_lraspp_small():
     result = benchmark.run_torch("lraspp_mobilenet_v3_large", 1, 32, steps=1, num_classes=3)
     assert result["train_img_s"] > 0 and result["eval_img_s"] > 0
     assert np.isfinite(result["loss"])
+
+
+def test_profile_step_attributes_time_to_layers():
+    """benchmarks/profile_step.py traces a real step and names the layers its ops belong to."""
+    from benchmarks import profile_step
+
+    wall_ms, rows, by_kind = profile_step.main(
+        ["--model", "unet_small", "--batch", "2", "--size", "32", "--top", "3"]
+    )
+    assert wall_ms > 0 and rows and all(ms >= 0 for ms, *_ in rows)
+    assert sum(by_kind.values()) > 0
+    # Forward and backward ops of the model's layers are told apart by their op_name.
+    op_names = [op for *_, op in rows]
+    assert any("jvp(UNet)" in op and "transpose(" not in op for op in op_names)
+    assert any("transpose(jvp(UNet))" in op for op in op_names)

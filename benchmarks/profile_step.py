@@ -1,0 +1,149 @@
+"""Where a compiled train step spends its time, op by op (the profile behind docs/PERFORMANCE.md).
+
+    python benchmarks/profile_step.py --model fcn_resnet50              # batch 4, 256×256
+    python benchmarks/profile_step.py --model deeplabv3_resnet50 --conv-backward xla --top 40
+
+Builds the same train step as ``segjax.benchmark`` (SGD, aux loss, He-initialised parameters,
+random data), compiles it with the chosen ``--conv-backward`` / ``--cpu-scheduler``, runs two
+warm-up steps, then traces one step with ``jax.profiler.trace``. The XPlane file the profiler
+writes is read back (TensorFlow's ``xplane_pb2``, installed with segjax's input pipeline) and
+every event whose name is an HLO instruction of the compiled module is summed per instruction;
+each row shows that instruction's total time, its kind (``conv`` / ``dot`` when its fused
+computation holds a convolution or a dot, else the fusion's name stem) and the ``op_name`` of
+its metadata, which names the model layer and whether it is the forward or the backward
+(``transpose(jvp(...))``) pass. Times of ops that overlap in time add up, so the sum can exceed
+the step's wall time; the totals per kind are the useful part.
+"""
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\((.*)$", re.M)
+
+
+def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """HLO instruction name → (kind, op_name) from ``compiled.as_text()``."""
+    bodies = {}
+    for match in re.finditer(r"^%?([\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S):
+        bodies[match.group(1)] = match.group(2)
+    out = {}
+    for name, opcode, rest in _INSTRUCTION.findall(hlo_text):
+        op_name = re.search(r'op_name="([^"]*)"', rest)
+        kind = opcode
+        if opcode == "fusion":
+            called = re.search(r"calls=%?([\w.\-]+)", rest)
+            body = bodies.get(called.group(1), "") if called else ""
+            if " convolution(" in body:
+                kind = "conv"
+            elif " dot(" in body:
+                kind = "dot"
+            else:
+                kind = re.sub(r"[.\d]+$", "", name)
+        out[name] = (kind, op_name.group(1) if op_name else "")
+    return out
+
+
+def event_times_ms(trace_dir: str) -> collections.Counter:
+    """Summed duration (ms) per event name over every plane and line of the trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    if not files:
+        raise SystemExit(f"profile_step: the profiler wrote no .xplane.pb under {trace_dir}")
+    space = xplane_pb2.XSpace()
+    with open(files[0], "rb") as f:
+        space.ParseFromString(f.read())
+    totals = collections.Counter()
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                totals[names.get(event.metadata_id, "")] += event.duration_ps / 1e9
+    return totals
+
+
+def profile(model, batch, size, conv_backward, cpu_scheduler, num_classes=21):
+    """Compiles and traces one train step; returns (wall ms, [(ms, instruction, kind, op)])."""
+    import jax
+    import jax.numpy as jnp
+
+    from segjax import benchmark, models, optim, trainer
+    from segjax import config as config_lib
+
+    cfg = config_lib.base_config()
+    cfg.model.name, cfg.model.num_classes = model, num_classes
+    cfg.data.crop_size = (size, size)
+    cfg.train.batch_size = batch
+    cfg.train.aux_weight = benchmark.AUX_WEIGHT
+    cfg.conv_backward, cfg.cpu_scheduler = conv_backward, cpu_scheduler
+    net = models.create(model, num_classes=num_classes)
+    tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
+    variables = benchmark.he_init_variables(net, size)
+    state = trainer.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(variables["params"]),
+        nonfinite=jnp.zeros((), jnp.int32),
+    )
+    images, labels = benchmark.random_batch(batch, size, num_classes)
+    data = {"image": jnp.asarray(images), "mask": jnp.asarray(labels)}
+    step = jax.jit(
+        trainer.make_train_step(net, tx, schedule, cfg),
+        donate_argnums=0,
+        compiler_options=trainer.compiler_options(cpu_scheduler),
+    )
+    compiled = step.lower(state, data).compile()
+    known = instructions(compiled.as_text())
+    for _ in range(2):
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics["loss"])
+    with tempfile.TemporaryDirectory() as trace_dir:
+        start = time.perf_counter()
+        with jax.profiler.trace(trace_dir):
+            state, metrics = compiled(state, data)
+            jax.block_until_ready(metrics["loss"])
+        wall_ms = (time.perf_counter() - start) * 1e3
+        totals = event_times_ms(trace_dir)
+    rows = sorted(
+        ((ms, name, *known[name]) for name, ms in totals.items() if name in known), reverse=True
+    )
+    return wall_ms, rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--conv-backward", default="taps", choices=("taps", "xla"))
+    p.add_argument("--cpu-scheduler", default="memory", choices=("memory", "concurrency", "xla"))
+    p.add_argument("--top", type=int, default=25, help="instructions to list")
+    args = p.parse_args(argv)
+    wall_ms, rows = profile(
+        args.model, args.batch, args.size, args.conv_backward, args.cpu_scheduler
+    )
+    by_kind = collections.Counter()
+    for ms, _, kind, _ in rows:
+        by_kind[kind] += ms
+    print(
+        f"{args.model}, batch {args.batch}, {args.size}², conv_backward={args.conv_backward}, "
+        f"cpu_scheduler={args.cpu_scheduler}: traced step {wall_ms:.0f} ms, "
+        f"summed op time {sum(by_kind.values()):.0f} ms"
+    )
+    print("by kind (ms):", ", ".join(f"{k} {v:.0f}" for k, v in by_kind.most_common(12)))
+    for ms, name, kind, op_name in rows[: args.top]:
+        print(f"{ms:9.1f}  {kind:24.24s} {name:28.28s} {op_name[-100:]}")
+    return wall_ms, rows, by_kind
+
+
+if __name__ == "__main__":
+    main()
