@@ -9,10 +9,11 @@ Methods, timed in one command (torch in a child interpreter, same thread count):
 
 * ``xla``: ``jax.grad`` of ``lax.conv_general_dilated`` (XLA's input- and weight-gradient
   convolutions);
-* ``taps``: ``layers.conv_general_dilated_fast`` — the same forward and input gradient, the
-  weight gradient as one matmul per kernel tap (XLA's path is kept where it was faster:
-  2–64-channel dense kernels larger than 1×1); transposed convs are not routed through it
-  (``lhs_dilation``), so their two rows coincide;
+* ``taps``: ``layers.conv_general_dilated_fast`` — dense stride-1 3×3 convs with ≥ 64
+  channels as Winograd F(2×2, 3×3) GEMMs (forward and both gradients); other convs keep XLA's
+  forward and input gradient with the weight gradient as one matmul per kernel tap (XLA's path
+  is kept where it was faster: 2–64-channel dense kernels larger than 1×1); transposed convs
+  are not routed through it (``lhs_dilation``), so their two rows coincide;
 * ``torch``: ``F.conv2d`` / ``F.conv_transpose2d`` forward + ``backward()`` (NCHW).
 
 Each case is one conv; "fwd+bwd" is a jitted ``jax.grad`` of ``sum(conv(x, w)**2)`` w.r.t. input
