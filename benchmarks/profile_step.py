@@ -3,16 +3,16 @@
     python benchmarks/profile_step.py --model fcn_resnet50              # batch 4, 256×256
     python benchmarks/profile_step.py --model deeplabv3_resnet50 --conv-backward xla --top 40
 
-Builds the same train step as ``segjax.benchmark`` (SGD, aux loss, He-initialised parameters,
-random data), compiles it with the chosen ``--conv-backward`` / ``--cpu-scheduler``, runs two
-warm-up steps, then traces one step with ``jax.profiler.trace``. The XPlane file the profiler
-writes is read back (TensorFlow's ``xplane_pb2``, installed with segjax's input pipeline) and
-every event whose name is an HLO instruction of the compiled module is summed per instruction;
-each row shows that instruction's total time, its kind (``conv`` / ``dot`` when its fused
-computation holds a convolution or a dot, else the fusion's name stem) and the ``op_name`` of
+Builds the same train step as ``segjax.benchmark`` (``benchmark.train_setup``: SGD, aux loss,
+He-initialised parameters, random data), compiles it with the chosen ``--conv-backward`` /
+``--cpu-scheduler``, runs two warm-up steps, then traces one step with ``jax.profiler.trace``. The
+XPlane file the profiler writes is read back (TensorFlow's ``xplane_pb2``, installed with segjax's
+input pipeline) and every event whose name is an HLO instruction of the compiled module is summed
+per instruction; each row shows that instruction's total time, its kind (``conv`` / ``dot`` when its
+fused computation holds a convolution or a dot, else the fusion's name stem) and the ``op_name`` of
 its metadata, which names the model layer and whether it is the forward or the backward
-(``transpose(jvp(...))``) pass. Times of ops that overlap in time add up, so the sum can exceed
-the step's wall time; the totals per kind are the useful part.
+(``transpose(jvp(...))``) pass. Times of ops that overlap in time add up, so the sum can exceed the
+step's wall time; the totals per kind are the useful part.
 """
 
 import argparse
@@ -73,29 +73,17 @@ def event_times_ms(trace_dir: str) -> collections.Counter:
 def profile(model, batch, size, conv_backward, cpu_scheduler, num_classes=21):
     """Compiles and traces one train step; returns (wall ms, [(ms, instruction, kind, op)])."""
     import jax
-    import jax.numpy as jnp
 
-    from segjax import benchmark, models, optim, trainer
-    from segjax import config as config_lib
+    from segjax import benchmark, trainer
 
-    cfg = config_lib.base_config()
-    cfg.model.name, cfg.model.num_classes = model, num_classes
-    cfg.data.crop_size = (size, size)
-    cfg.train.batch_size = batch
-    cfg.train.aux_weight = benchmark.AUX_WEIGHT
-    cfg.conv_backward, cfg.cpu_scheduler = conv_backward, cpu_scheduler
-    net = models.create(model, num_classes=num_classes)
-    tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
-    variables = benchmark.he_init_variables(net, size)
-    state = trainer.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(variables["params"]),
-        nonfinite=jnp.zeros((), jnp.int32),
+    net, _, cfg, tx, schedule, state, data = benchmark.train_setup(
+        model,
+        batch,
+        size,
+        num_classes=num_classes,
+        conv_backward=conv_backward,
+        cpu_scheduler=cpu_scheduler,
     )
-    images, labels = benchmark.random_batch(batch, size, num_classes)
-    data = {"image": jnp.asarray(images), "mask": jnp.asarray(labels)}
     step = jax.jit(
         trainer.make_train_step(net, tx, schedule, cfg),
         donate_argnums=0,

@@ -194,6 +194,63 @@ def he_init_variables(model, size: int, seed: int = 0) -> dict:
     return jax.tree_util.tree_map_with_path(fill, dict(shapes))
 
 
+def train_setup(
+    model,
+    batch: int,
+    size: int,
+    *,
+    dtype: str = "float32",
+    num_classes: int = 21,
+    conv_backward: str = "taps",
+    cpu_scheduler: str = "memory",
+):
+    """The benchmark's train step ingredients: ``(net, name, config, tx, schedule, state, data)``.
+
+    He-initialised state on the default device, random data, and a config with the
+    benchmark's loss and SGD settings; ``benchmarks/profile_step.py`` profiles the same step.
+    """
+    import jax.numpy as jnp
+
+    from segjax import config as config_lib
+    from segjax import models, optim, trainer
+
+    if conv_backward not in ("taps", "xla"):
+        raise ValueError(f"conv_backward must be 'taps' or 'xla', got {conv_backward!r}")
+    cfg = config_lib.base_config()
+    if isinstance(model, str):
+        net = models.create(model, num_classes=num_classes, dtype=trainer.DTYPES[dtype])
+        cfg.model.name = model
+    else:
+        net, model = model, type(model).__name__
+    cfg.model.num_classes = num_classes
+    cfg.dtype = dtype
+    cfg.data.crop_size = (size, size)
+    cfg.train.batch_size = cfg.eval.batch_size = batch
+    cfg.train.aux_weight = AUX_WEIGHT
+    cfg.conv_backward = conv_backward
+    cfg.cpu_scheduler = cpu_scheduler
+    cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay = LR, MOMENTUM, WEIGHT_DECAY
+    tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
+    variables = he_init_variables(net, size)
+    params = variables["params"]
+    state = trainer.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        nonfinite=jnp.zeros((), jnp.int32),
+    )
+    images, labels = random_batch(batch, size, num_classes)
+    data = {"image": jnp.asarray(images), "mask": jnp.asarray(labels)}
+    return net, model, cfg, tx, schedule, state, data
+
+
+def _flops(cost) -> float:
+    """FLOPs from ``cost_analysis()`` (a dict, or a one-element list of dicts in older JAX)."""
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float((cost or {}).get("flops", float("nan")))
+
+
 def run_jax(
     model,
     batch: int,
@@ -213,42 +270,20 @@ def run_jax(
     model contract (``__call__(images, *, train)`` → ``{"out": logits, ...}``).
     """
     import jax
-    import jax.numpy as jnp
 
-    from segjax import config as config_lib
-    from segjax import models, optim, sharding, trainer
+    from segjax import sharding, trainer
 
-    if conv_backward not in ("taps", "xla"):
-        raise ValueError(f"conv_backward must be 'taps' or 'xla', got {conv_backward!r}")
-    cfg = config_lib.base_config()
-    if isinstance(model, str):
-        net = models.create(model, num_classes=num_classes, dtype=trainer.DTYPES[dtype])
-        cfg.model.name = model
-    else:
-        net, model = model, type(model).__name__
-    cfg.model.num_classes = num_classes
-    cfg.dtype = dtype
-    cfg.data.crop_size = (size, size)
-    cfg.train.batch_size = batch
-    cfg.train.aux_weight = AUX_WEIGHT
-    cfg.conv_backward = conv_backward
-    cfg.cpu_scheduler = cpu_scheduler
-    options = trainer.compiler_options(cpu_scheduler)
-    cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay = LR, MOMENTUM, WEIGHT_DECAY
-    tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
-    variables = he_init_variables(net, size)
-    params = variables["params"]
-    state = trainer.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-        nonfinite=jnp.zeros((), jnp.int32),
+    net, model, cfg, tx, schedule, state, data = train_setup(
+        model,
+        batch,
+        size,
+        dtype=dtype,
+        num_classes=num_classes,
+        conv_backward=conv_backward,
+        cpu_scheduler=cpu_scheduler,
     )
-    images, labels = random_batch(batch, size, num_classes)
-    data = {"image": jnp.asarray(images), "mask": jnp.asarray(labels)}
+    options = trainer.compiler_options(cpu_scheduler)
     # Data parallel over as many devices as divide the batch, as segjax.train runs.
-    cfg.eval.batch_size = batch
     num_devices = sharding.auto_host_devices(cfg, len(jax.devices()))
     if num_devices > 1:
         mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:num_devices])
@@ -261,18 +296,14 @@ def run_jax(
     compiled = jax.jit(step_fn, donate_argnums=0, compiler_options=options)
     compiled = compiled.lower(state, data).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
     # XLA's cost analysis of an SPMD-partitioned step counts one device's share.
-    executed_flops = float((cost or {}).get("flops", float("nan"))) * num_devices
+    executed_flops = _flops(compiled.cost_analysis()) * num_devices
     flops = executed_flops
     if conv_backward != "xla":  # model FLOPs: the same step with plain convolutions
         plain = cfg.copy_and_resolve_references()
         plain.conv_backward = "xla"
         plain_fn = trainer.make_train_step(net, tx, schedule, plain)
-        plain_cost = jax.jit(plain_fn).lower(state, data).cost_analysis()
-        plain_cost = plain_cost[0] if isinstance(plain_cost, list | tuple) else plain_cost
-        flops = float((plain_cost or {}).get("flops", float("nan")))
+        flops = _flops(jax.jit(plain_fn).lower(state, data).cost_analysis())
 
     holder = {"state": state}
 

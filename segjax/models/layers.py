@@ -321,6 +321,17 @@ def _taps_weight_grad(
     if any(v for dim in pad_cfg for v in dim):
         varying = jax.lax.pad(varying, jnp.zeros((), varying.dtype), pad_cfg)
     p = n * fixed.shape[1] * fixed.shape[2]
+
+    def window_bounds(i, j):  # spatial start, stop and strides of tap (i, j)'s window
+        (top, left), (rows, cols) = window(i, j)
+        stop = (top + (rows - 1) * steps[0] + 1, left + (cols - 1) * steps[1] + 1)
+        return (top, left), stop, steps
+
+    def nhwc_window(i, j):  # [N, rows, cols, C] window of the (padded) varying operand
+        start, stop, strides_ = window_bounds(i, j)
+        c = varying.shape[-1]
+        return jax.lax.slice(varying, (0, *start, 0), (n, *stop, c), (1, *strides_, 1))
+
     acc = jnp.promote_types(x.dtype, jnp.float32)  # float32 accumulation, float64 kept
     dot = lambda a, b: jax.lax.dot(a, b, preferred_element_type=acc)
     if groups == 1 and cig > 1:
@@ -331,10 +342,8 @@ def _taps_weight_grad(
             fixed_t = _own_transpose(fixed.reshape(p, c_fix), (1, 0))
             for i in range(kh):
                 for j in range(kw):
-                    (top, left), (rows, cols) = window(i, j)
-                    stop = (n, top + (rows - 1) * steps[0] + 1, left + (cols - 1) * steps[1] + 1)
-                    win = jax.lax.slice(varying, (0, top, left, 0), (*stop, c_var), (1, *steps, 1))
-                    taps.append(dot(fixed_t, win.reshape(p, c_var)))  # [c_fix, c_var]
+                    win = nhwc_window(i, j).reshape(p, c_var)
+                    taps.append(dot(fixed_t, win))  # [c_fix, c_var]
             out = jnp.stack(taps)  # [taps, c_fix, c_var]
             out = out.transpose(0, 2, 1) if x_varies else out  # → [taps, ci, co]
         else:  # transpose the varying operand once: window [c_var, P] · [P, c_fix]
@@ -342,9 +351,8 @@ def _taps_weight_grad(
             fixed_flat = fixed.reshape(p, c_fix)
             for i in range(kh):
                 for j in range(kw):
-                    (top, left), (rows, cols) = window(i, j)
-                    stop = (top + (rows - 1) * steps[0] + 1, left + (cols - 1) * steps[1] + 1)
-                    win = jax.lax.slice(var_t, (0, 0, top, left), (c_var, n, *stop), (1, 1, *steps))
+                    start, stop, strides_ = window_bounds(i, j)
+                    win = jax.lax.slice(var_t, (0, 0, *start), (c_var, n, *stop), (1, 1, *strides_))
                     taps.append(dot(win.reshape(c_var, p), fixed_flat))  # [c_var, c_fix]
             out = jnp.stack(taps)
             out = out if x_varies else out.transpose(0, 2, 1)
@@ -353,10 +361,7 @@ def _taps_weight_grad(
     taps = []  # grouped and depthwise kernels: pixel-major operands, batched over groups
     for i in range(kh):
         for j in range(kw):
-            (top, left), (rows, cols) = window(i, j)
-            stop = (n, top + (rows - 1) * steps[0] + 1, left + (cols - 1) * steps[1] + 1)
-            c_var = varying.shape[-1]
-            win = jax.lax.slice(varying, (0, top, left, 0), (*stop, c_var), (1, *steps, 1))
+            win = nhwc_window(i, j)
             a, b = (win, dy) if tuple(lhs_dilation) == (1, 1) else (x, win)
             a, b = a.reshape(p, groups, cig), b.reshape(p, groups, cog)
             if cig == 1:  # depthwise: a per-channel reduction, not a matmul
@@ -536,7 +541,7 @@ def conv_general_dilated_fast(
 # fewer multiply-adds than the direct convolution, in GEMMs, which XLA:CPU runs at its matmul
 # rate. Atrous convs tile in dilated space (a tile's rows are ``d`` apart), so no reshuffling.
 # Only the rounding of the transforms' additions differs from the direct convolution: results
-# agree to ~1e-6 relative in float32 and ~1e-15 in float64 (tests/test_benchmark.py).
+# agree to ~1e-6 relative in float32 and to 1e-12 in float64 (tests/test_benchmark.py).
 
 _WINO_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))  # input transform
 _WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))  # kernel
