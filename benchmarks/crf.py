@@ -43,6 +43,7 @@ def _inputs(batch: int, size: int, classes: int):
 
 
 def main() -> None:
+    """Runs the benchmark and prints its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--classes", type=int, default=21)

@@ -1,7 +1,7 @@
 """Atrous 3×3 conv (``rhs_dilation``) vs the same conv as a dense conv with a zero-dilated kernel.
 
-    python benchmarks/dilated_conv.py                        # ASPP-like: 33×33, 32 → 32 channels
-    python benchmarks/dilated_conv.py --side 65 --channels 128 --rates 1,2,4 --repeats 10
+    python -m benchmarks.dilated_conv                        # ASPP-like: 33×33, 32 → 32 channels
+    python -m benchmarks.dilated_conv --side 65 --channels 128 --rates 1,2,4 --repeats 10
 
 For each rate r it times, in one process and side by side:
 
@@ -20,15 +20,12 @@ forward, ×3 for forward+backward) for both methods, so it shows how much each w
 
 import argparse
 import os
-import statistics
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -51,16 +48,6 @@ def dense(x: jax.Array, k: jax.Array, rate: int) -> jax.Array:
     return jax.lax.conv_general_dilated(
         x, zero_dilate(k, rate), (1, 1), ((rate, rate), (rate, rate)), dimension_numbers=DN
     )
-
-
-def _time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def main(argv=None) -> None:
@@ -96,8 +83,8 @@ def main(argv=None) -> None:
         for name, fn in (("atrous", atrous), ("dense", dense)):
             forward = jax.jit(lambda x, k, fn=fn, r=rate: fn(x, k, r))
             grad = jax.jit(jax.grad(lambda x, k, fn=fn, r=rate: jnp.sum(fn(x, k, r) ** 2), (0, 1)))
-            fwd = _time(forward, x, k, repeats=args.repeats)
-            both = _time(grad, x, k, repeats=args.repeats)
+            fwd = common.jitted_median_ms(forward, x, k, repeats=args.repeats)
+            both = common.jitted_median_ms(grad, x, k, repeats=args.repeats)
             reference = reference or both
             size = 2 * rate + 1 if name == "dense" else 3
             print(

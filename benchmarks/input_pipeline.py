@@ -3,18 +3,20 @@
 Generates VOC-like examples (500×375 JPEG photos-like images, quality 90, and palette-PNG masks
 with 21 classes and a 255 border band) into a temporary folder dataset, prepares it through
 ``segjax.data.folder`` (not timed), then times ``segjax.input_pipeline.train_iterator``: decode →
-random scale 0.5–2.0 → pad → random 512×512 crop → flip → (photometric) → normalise → batch.
-Nothing is cached, so every image is decoded every time.
+random scale 0.5–2.0 → pad → random 512×512 crop → flip → (photometric) → normalise → batch
+(``augment.train_transform``, computed crop-first). Nothing is cached, so every image is decoded
+every time.
 
 "Per core" is measured two ways: with the tf.data thread pool and TF's op pools limited to
 ``--threads`` (default 1), ``images/s / threads``; and images per CPU-second actually used by
 the process (user + system time), which stays meaningful on a shared machine.
 
-``--transform fast`` swaps in ``augment.train_transform_fast`` (same random draws and output,
-crop-first; needed for ``--photometric`` and ``--cat-max-ratio``).
+``--photometric`` and ``--cat-max-ratio`` set ``config.data.photometric`` / ``cat_max_ratio``;
+``--colour-model hsv`` (no config key: the pipeline uses ``yiq``) is swapped into
+``augment.train_transform`` for this process only.
 
-Run:  python -m benchmarks.input_pipeline [--transform fast] [--images 64] [--batches 40]
-      [--threads 1] [--photometric [--colour-model yiq|hsv]] [--cat-max-ratio 0.75]
+Run:  python -m benchmarks.input_pipeline [--images 64] [--batches 40] [--threads 1]
+      [--photometric [--colour-model yiq|hsv]] [--cat-max-ratio 0.75]
 """
 
 import argparse
@@ -30,6 +32,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from segjax import augment, data, input_pipeline, metrics  # noqa: E402
+from segjax import config as config_lib  # noqa: E402
 from segjax.data import base  # noqa: E402
 
 H, W = 375, 500
@@ -55,7 +59,7 @@ def voc_like_example(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     edge = np.zeros_like(mask, bool)
     edge[1:] |= mask[1:] != mask[:-1]
     edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
-    mask[edge] = base.IGNORE_INDEX
+    mask[edge] = metrics.IGNORE_INDEX
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
@@ -75,27 +79,8 @@ def write_dataset(root: str, count: int, seed: int = 0) -> None:
         png.save(os.path.join(root, "masks", "train", f"{i:06d}.png"))
 
 
-def run(args) -> dict:
-    try:
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        pinned = True
-    except RuntimeError:  # TF already initialised (e.g. called from a test): keep its pools
-        pinned = False
-    from segjax import augment, data, input_pipeline
-    from segjax import config as config_lib
-
-    if args.transform == "fast":
-        # Same draws, same output (tests/test_augment_extra.py); swapped in for this process only.
-        augment.train_transform = functools.partial(
-            augment.train_transform_fast,
-            photometric=args.photometric,
-            colour_model=args.colour_model,
-            cat_max_ratio=args.cat_max_ratio,
-        )
-    elif args.photometric or args.cat_max_ratio < 1:
-        raise SystemExit("--photometric / --cat-max-ratio need --transform fast")
-
+def _time_batches(args) -> tuple[float, float, dict]:
+    """``(wall s, process CPU s, last batch)`` of ``args.batches`` batches after the warm-up."""
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "voc_like")
         write_dataset(root, args.images)
@@ -108,12 +93,10 @@ def run(args) -> dict:
         cfg.data.scale_range = (0.5, 2.0)
         cfg.data.hflip = True
         cfg.data.photometric = args.photometric
+        cfg.data.cat_max_ratio = args.cat_max_ratio
         cfg.data.cache = False
         cfg.data.num_threads = args.threads
         cfg.train.batch_size = args.batch_size
-        for key, default in (("palette", ()), ("download", False)):
-            if key not in cfg.data:  # until the config schema carries these keys
-                cfg.data[key] = default
         source = data.get_source(cfg.data)
         it = input_pipeline.train_iterator(source, cfg)
         for _ in range(args.warmup):
@@ -123,8 +106,24 @@ def run(args) -> dict:
         cpu0, t0 = time.process_time(), time.perf_counter()
         for _ in range(args.batches):
             batch = next(it)
-        wall = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
+        return time.perf_counter() - t0, time.process_time() - cpu0, batch
+
+
+def run(args) -> dict:
+    """Times ``args.batches`` training batches (after ``args.warmup``); returns the figures."""
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        pinned = True
+    except RuntimeError:  # TF already initialised (e.g. called from a test): keep its pools
+        pinned = False
+    transform = augment.train_transform
+    if args.colour_model != "yiq":
+        augment.train_transform = functools.partial(transform, colour_model=args.colour_model)
+    try:
+        wall, cpu, batch = _time_batches(args)
+    finally:
+        augment.train_transform = transform
     n = args.batches * args.batch_size
     assert batch["image"].shape == (args.batch_size, args.crop, args.crop, 3)
     return {
@@ -136,7 +135,6 @@ def run(args) -> dict:
         "photometric": args.photometric,
         "colour_model": args.colour_model if args.photometric else None,
         "cat_max_ratio": args.cat_max_ratio,
-        "transform": args.transform,
         "images": n,
         "wall_s": round(wall, 2),
         "images_per_s": round(n / wall, 1),
@@ -147,6 +145,7 @@ def run(args) -> dict:
 
 
 def main():
+    """CLI entry point: prints the figures as one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=64, help="distinct generated examples")
     parser.add_argument("--batches", type=int, default=40, help="timed batches")
@@ -157,12 +156,6 @@ def main():
     parser.add_argument("--photometric", action="store_true", help="enable photometric distortion")
     parser.add_argument("--colour-model", choices=("yiq", "hsv"), default="yiq")
     parser.add_argument("--cat-max-ratio", type=float, default=1.0, help="< 1: class-balanced crop")
-    parser.add_argument(
-        "--transform",
-        choices=("reference", "fast"),
-        default="reference",
-        help="augment.train_transform as it is, or augment.train_transform_fast in its place",
-    )
     print(json.dumps(run(parser.parse_args())))
 
 

@@ -1,18 +1,18 @@
 """Where a compiled train step spends its time, op by op (the profile behind docs/PERFORMANCE.md).
 
-    python benchmarks/profile_step.py --model fcn_resnet50              # batch 4, 256×256
-    python benchmarks/profile_step.py --model deeplabv3_resnet50 --conv-backward xla --top 40
+    python -m benchmarks.profile_step --model fcn_resnet50              # batch 4, 256×256
+    python -m benchmarks.profile_step --model deeplabv3_resnet50 --conv-impl xla --top 40
 
-Builds the same train step as ``segjax.benchmark`` (``benchmark.train_setup``: SGD, aux loss,
-He-initialised parameters, random data), compiles it with the chosen ``--conv-backward`` /
-``--cpu-scheduler``, runs two warm-up steps, then traces one step with ``jax.profiler.trace``. The
-XPlane file the profiler writes is read back (TensorFlow's ``xplane_pb2``, installed with segjax's
-input pipeline) and every event whose name is an HLO instruction of the compiled module is summed
-per instruction; each row shows that instruction's total time, its kind (``conv`` / ``dot`` when its
-fused computation holds a convolution or a dot, else the fusion's name stem) and the ``op_name`` of
-its metadata, which names the model layer and whether it is the forward or the backward
-(``transpose(jvp(...))``) pass. Times of ops that overlap in time add up, so the sum can exceed the
-step's wall time; the totals per kind are the useful part.
+Builds the same train step as :mod:`benchmarks.train_step` (``train_step.train_setup``: SGD, aux
+loss, He-initialised parameters, random data), jits it with ``segjax.ops.jit`` under the chosen
+``--conv-impl`` / ``--cpu-scheduler``, runs two warm-up steps, then traces one step with
+``jax.profiler.trace``. The XPlane file the profiler writes is read back (TensorFlow's
+``xplane_pb2``, installed with segjax's input pipeline) and every event whose name is an HLO
+instruction of the compiled module is summed per instruction; each row shows that instruction's
+total time, its kind (``conv`` / ``dot`` when its fused computation holds a convolution or a dot,
+else the fusion's name stem) and the ``op_name`` of its metadata, which names the model layer and
+whether it is the forward or the backward (``transpose(jvp(...))``) pass. Times of ops that overlap
+in time add up, so the sum can exceed the step's wall time; the totals per kind are the useful part.
 """
 
 import argparse
@@ -20,11 +20,14 @@ import collections
 import glob
 import os
 import re
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+from benchmarks import train_step
+from segjax import ops, trainer
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\((.*)$", re.M)
 
@@ -53,8 +56,6 @@ def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
 
 def event_times_ms(trace_dir: str) -> collections.Counter:
     """Summed duration (ms) per event name over every plane and line of the trace."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
     files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
     if not files:
         raise SystemExit(f"profile_step: the profiler wrote no .xplane.pb under {trace_dir}")
@@ -70,25 +71,17 @@ def event_times_ms(trace_dir: str) -> collections.Counter:
     return totals
 
 
-def profile(model, batch, size, conv_backward, cpu_scheduler, num_classes=21):
+def profile(model, batch, size, conv_impl, cpu_scheduler, num_classes=21):
     """Compiles and traces one train step; returns (wall ms, [(ms, instruction, kind, op)])."""
-    import jax
-
-    from segjax import benchmark, trainer
-
-    net, _, cfg, tx, schedule, state, data = benchmark.train_setup(
+    net, _, cfg, tx, schedule, state, data = train_step.train_setup(
         model,
         batch,
         size,
         num_classes=num_classes,
-        conv_backward=conv_backward,
+        conv_impl=conv_impl,
         cpu_scheduler=cpu_scheduler,
     )
-    step = jax.jit(
-        trainer.make_train_step(net, tx, schedule, cfg),
-        donate_argnums=0,
-        compiler_options=trainer.compiler_options(cpu_scheduler),
-    )
+    step = ops.jit(trainer.make_train_step(net, tx, schedule, cfg), cfg, donate_argnums=0)
     compiled = step.lower(state, data).compile()
     known = instructions(compiled.as_text())
     for _ in range(2):
@@ -108,22 +101,27 @@ def profile(model, batch, size, conv_backward, cpu_scheduler, num_classes=21):
 
 
 def main(argv=None):
+    """CLI entry point; prints and returns ``(wall ms, rows, ms per kind)``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--conv-backward", default="taps", choices=("taps", "xla"))
+    p.add_argument(
+        "--conv-impl",
+        default="auto",
+        choices=("gemm", "xla"),
+        help="convolutions as GEMMs (segjax.ops; the default on CPU) or XLA's own",
+    )
     p.add_argument("--cpu-scheduler", default="memory", choices=("memory", "concurrency", "xla"))
     p.add_argument("--top", type=int, default=25, help="instructions to list")
     args = p.parse_args(argv)
-    wall_ms, rows = profile(
-        args.model, args.batch, args.size, args.conv_backward, args.cpu_scheduler
-    )
+    conv_impl = ops.resolve_conv_impl(args.conv_impl)
+    wall_ms, rows = profile(args.model, args.batch, args.size, conv_impl, args.cpu_scheduler)
     by_kind = collections.Counter()
     for ms, _, kind, _ in rows:
         by_kind[kind] += ms
     print(
-        f"{args.model}, batch {args.batch}, {args.size}², conv_backward={args.conv_backward}, "
+        f"{args.model}, batch {args.batch}, {args.size}², conv_impl={conv_impl}, "
         f"cpu_scheduler={args.cpu_scheduler}: traced step {wall_ms:.0f} ms, "
         f"summed op time {sum(by_kind.values()):.0f} ms"
     )

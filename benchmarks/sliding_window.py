@@ -1,6 +1,6 @@
 """Peak memory and time of sliding-window vs whole-image prediction of a large image.
 
-    python benchmarks/sliding_window.py [--size 2048] [--crop 512] [--tile-batch 1,4] \\
+    python -m benchmarks.sliding_window [--size 2048] [--crop 512] [--tile-batch 1,4] \\
         [--model unet --width 8 --depth 3] [--no-whole]
 
 Each measurement runs in a fresh subprocess (one CPU device) so that its peak RSS
@@ -11,21 +11,22 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import common
 
 
 def _measure(args) -> dict:
+    """One measurement (``args.mode``), in this process: compile and run time, peak RSS."""
+    # Imported here: Linux keeps ru_maxrss across fork + exec, so the parent, which starts
+    # every measurement, must not grow by loading JAX itself.
     import functools
 
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    sys.path.insert(0, ROOT)
     from segjax import inference, models
 
     model = models.create(args.model, num_classes=args.classes, width=args.width, depth=args.depth)
@@ -76,6 +77,7 @@ def _measure(args) -> dict:
 
 
 def main():
+    """Runs every measurement in its own subprocess and prints a table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--crop", type=int, default=512)
@@ -100,15 +102,15 @@ def main():
     results = []
     for mode, tb in runs:
         cmd = [
-            sys.executable, __file__, "--mode", mode, "--single-tile-batch", str(tb),
+            "--mode", mode, "--single-tile-batch", str(tb),
             "--size", str(args.size), "--crop", str(args.crop), "--model", args.model,
             "--width", str(args.width), "--depth", str(args.depth), "--classes", str(args.classes),
         ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            print(f"{mode} tile_batch={tb}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        try:
+            row = common.module_json(sys.executable, "sliding_window", cmd, env=env)
+        except RuntimeError as e:
+            print(f"{mode} tile_batch={tb}: failed\n{e}", file=sys.stderr)
             continue
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{'mode':<6} {'tiles/call':>10} {'peak RSS MiB':>13} {'run s':>7} {'compile s':>10}")

@@ -1,7 +1,7 @@
 """Learned upsampling: transposed convolution vs resize + conv, forward and forward+backward.
 
-    python benchmarks/transposed_conv.py                # FCN-like shapes, 21 channels
-    python benchmarks/transposed_conv.py --batch 2 --channels 64 --repeats 20
+    python -m benchmarks.transposed_conv                # FCN-like shapes, 21 channels
+    python -m benchmarks.transposed_conv --batch 2 --channels 64 --repeats 20
 
 For each FCN upsampling stage (×2 on 4/2, ×8 on 16/8, ×32 on 64/32 kernels) it times, in one
 process and side by side:
@@ -21,32 +21,18 @@ method at the same stage (``convT`` by default).
 
 import argparse
 import os
-import statistics
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from segjax.models.layers import BilinearConvTranspose, bilinear_kernel  # noqa: E402
+from benchmarks import common
+from segjax.models.layers import BilinearConvTranspose, bilinear_kernel
 
 METHODS = ("convT", "convT-subpixel", "resize+conv3", "resize")
 
 # (name, factor, input side): FCN-8s stages for a 512×512 image.
 STAGES = (("x2 (upscore2)", 2, 16), ("x8 (upscore8)", 8, 64), ("x32 (upscore)", 32, 16))
-
-
-def _time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def _cases(factor: int, side: int, channels: int):
@@ -122,8 +108,8 @@ def main(argv=None) -> None:
                 return jnp.sum(fn(x, k) ** 2)
 
             backward = jax.jit(jax.grad(loss, argnums=(0, 1)))
-            fwd = _time(forward, x, kernel, repeats=args.repeats)
-            both = _time(backward, x, kernel, repeats=args.repeats)
+            fwd = common.jitted_median_ms(forward, x, kernel, repeats=args.repeats)
+            both = common.jitted_median_ms(backward, x, kernel, repeats=args.repeats)
             reference = reference or both
             out = f"{side * factor}²"
             print(

@@ -14,10 +14,12 @@ not carry; pass its output as ``cross_entropy(..., weights=...)`` in a custom lo
 ``:runlocal`` runs the tiny U-Net on the built-in ``shapes`` data for a smoke test.
 """
 
+from segjax import recipes
 from segjax.config import base_config, parse_arg
 
 
 def get_config(arg=None):
+    """The original U-Net config; ``arg``: ``runlocal``."""
     args = parse_arg(arg, runlocal=False)
     c = base_config()
     c.model.name = "unet_original"
@@ -42,17 +44,5 @@ def get_config(arg=None):
     c.optim.weight_decay = 0.0
     c.eval.batch_size = 4
     if args.runlocal:
-        c.model.name = "unet_original_tiny"
-        c.model.num_classes = 4
-        c.data.name = "shapes"
-        c.data.num_classes = 0
-        c.data.eval_split = "validation"
-        c.data.crop_size = (64, 64)
-        c.data.eval_pad_size = (64, 64)
-        c.train.num_steps = 4
-        c.train.log_every = 2
-        c.train.eval_every = 0
-        c.train.checkpoint_every = 2
-        c.train.batch_size = 8
-        c.eval.batch_size = 8
+        recipes.runlocal(c, model_name="unet_original_tiny")
     return c

@@ -12,10 +12,12 @@ the size; raise it, or evaluate with ``python -m segjax.evaluate --mode slide``.
 
 import ml_collections
 
+from segjax import recipes
 from segjax.config import base_config, parse_arg
 
 
 def get_config(arg=None):
+    """The Oxford-IIIT Pet U-Net config; ``arg``: ``runlocal``."""
     args = parse_arg(arg, runlocal=False)
     c = base_config()
     c.model.name = "unet"
@@ -40,18 +42,5 @@ def get_config(arg=None):
     c.optim.weight_decay = 1e-4
     c.eval.batch_size = 2
     if args.runlocal:
-        c.model.num_classes = 4
-        c.model.kwargs.width = 4
-        c.model.kwargs.depth = 2
-        c.data.name = "shapes"
-        c.data.config_name = ""
-        c.data.eval_split = "validation"
-        c.data.crop_size = (64, 64)
-        c.data.eval_pad_size = (64, 64)
-        c.train.num_steps = 4
-        c.train.log_every = 2
-        c.train.eval_every = 0
-        c.train.checkpoint_every = 2
-        c.train.batch_size = 8
-        c.eval.batch_size = 8
+        recipes.runlocal(c, width=4, depth=2)
     return c

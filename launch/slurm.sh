@@ -2,7 +2,7 @@
 # Multi-node GPU training under SLURM: one task per node, each task drives all GPUs of its node.
 #
 #   sbatch launch/slurm.sh                                   # the defaults below
-#   sbatch --nodes=4 launch/slurm.sh configs/deeplabv3_resnet101_voc.py /shared/runs/dlv3
+#   sbatch --nodes=4 launch/slurm.sh configs/deeplabv3_voc.py:variant=resnet101 /shared/runs/dlv3
 #   sbatch launch/slurm.sh configs/quickstart.py /shared/runs/q --config.train.batch_size=64
 #
 # Arguments: CONFIG (default below), WORKDIR (default below), then any extra segjax.train flags.
@@ -29,7 +29,7 @@
 #SBATCH --output=segjax-%j.out
 set -euo pipefail
 
-CONFIG="${1:-configs/deeplabv3_resnet50_voc.py}"
+CONFIG="${1:-configs/deeplabv3_voc.py:variant=resnet50}"
 WORKDIR="${2:-$HOME/segjax_runs/${SLURM_JOB_NAME:-segjax}}"
 shift $(($# < 2 ? $# : 2))
 # The repository checkout (sbatch runs a copy of this script, so use the submit directory) and

@@ -37,7 +37,7 @@ RUNTIME_VERSION="${RUNTIME_VERSION:-tpu-ubuntu2204-base}"
 SPOT="${SPOT:-1}"                                   # 1: create a spot (preemptible) TPU
 REPO_URL="${REPO_URL:-https://github.com/your-org/segjax.git}"
 BRANCH="${BRANCH:-main}"
-CONFIG="${CONFIG:-configs/deeplabv3_resnet50_voc.py}"
+CONFIG="${CONFIG:-configs/deeplabv3_voc.py:variant=resnet50}"
 BUCKET="${BUCKET:-my-segjax-bucket}"                # gs://BUCKET holds runs (and data)
 RUN_NAME="${RUN_NAME:-deeplabv3_r50_voc}"
 MOUNT_POINT="${MOUNT_POINT:-/mnt/segjax}"

@@ -2,29 +2,24 @@
 
 Random values are drawn once per example from a *stateless* seed and the same deterministic
 geometric op is applied to image and mask, so the augmentation of an example is a pure
-function of its seed. Images are float32 in 0–255 until :func:`normalize`; masks are uint8
+function of its seed. Images are float32 in 0–255 until they are normalised; masks are uint8
 class ids with 255 = ignore.
+
+- :func:`train_transform`: random scale → random crop (optionally class-balanced) →
+  (photometric distortion) → normalise → pad → horizontal flip.
+- :func:`eval_transform`: normalise the full-resolution image and pad it to a fixed size.
 """
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-IGNORE_INDEX = 255
+from segjax.metrics import IGNORE_INDEX
+
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-def random_scale(
-    image: tf.Tensor, mask: tf.Tensor, scale: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Resizes by ``scale``: bilinear for the image, nearest for the mask (labels stay labels)."""
-    size = tf.cast(tf.shape(image)[:2], tf.float32)
-    new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
-    image = tf.image.resize(image, new_size, method="bilinear")
-    mask = tf.image.resize(mask[..., None], new_size, method="nearest")[..., 0]
-    return image, mask
 
 
 def pad_to_size(
@@ -45,67 +40,11 @@ def pad_to_size(
     return image, mask
 
 
-def crop(
-    image: tf.Tensor, mask: tf.Tensor, size: Sequence[int], uy: tf.Tensor, ux: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Crops ``size`` at relative offsets ``uy, ux`` in [0, 1) of the free range."""
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    y0 = tf.cast(tf.floor(uy * tf.cast(h - size[0] + 1, tf.float32)), tf.int32)
-    x0 = tf.cast(tf.floor(ux * tf.cast(w - size[1] + 1, tf.float32)), tf.int32)
-    image = image[y0 : y0 + size[0], x0 : x0 + size[1]]
-    mask = mask[y0 : y0 + size[0], x0 : x0 + size[1]]
-    return tf.ensure_shape(image, [size[0], size[1], 3]), tf.ensure_shape(mask, [size[0], size[1]])
-
-
-def flip(image: tf.Tensor, mask: tf.Tensor, do_flip: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Horizontal flip of both when ``do_flip``."""
-    image = tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)
-    mask = tf.cond(do_flip, lambda: mask[:, ::-1], lambda: mask)
-    return image, mask
-
-
 def normalize(
     image: tf.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> tf.Tensor:
     """(image − mean) / std with per-channel 0–255 statistics."""
     return (tf.cast(image, tf.float32) - tf.constant(mean)) / tf.constant(std)
-
-
-def train_transform(
-    image: tf.Tensor,
-    mask: tf.Tensor,
-    seed: tf.Tensor,
-    *,
-    crop_size: Sequence[int],
-    scale_range: Sequence[float] = (0.5, 2.0),
-    hflip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random scale → pad (mean / 255) → random crop → flip → normalise.
-
-    Args:
-      image: uint8 or float ``[H, W, 3]``.
-      mask: uint8 ``[H, W]``.
-      seed: int ``[2]`` stateless seed; the result is a pure function of it.
-      crop_size: (height, width) of the output.
-      scale_range: (min, max) of the uniform random scale; (1, 1) disables scaling.
-      hflip: flip horizontally with probability 1/2.
-      mean, std: per-channel normalisation in 0–255 units.
-
-    Returns:
-      ``(image float32 [h, w, 3] normalised, mask uint8 [h, w])``.
-    """
-    u = tf.random.stateless_uniform([4], seed=seed)
-    image = tf.cast(image, tf.float32)
-    lo, hi = scale_range
-    if (lo, hi) != (1.0, 1.0):
-        image, mask = random_scale(image, mask, lo + (hi - lo) * u[0])
-    image, mask = pad_to_size(image, mask, crop_size, mean)
-    image, mask = crop(image, mask, crop_size, u[1], u[2])
-    if hflip:
-        image, mask = flip(image, mask, u[3] < 0.5)
-    return normalize(image, mean, std), mask
 
 
 def eval_transform(
@@ -133,7 +72,7 @@ def eval_transform(
     return normalize(image, mean, std), mask
 
 
-# --- Photometric distortion and class-balanced cropping (mmsegmentation-style) ---
+# --- Photometric distortion (mmsegmentation-style) ---
 
 
 _RGB_TO_YIQ = np.array(
@@ -254,59 +193,161 @@ def photometric_distortion(
     )
 
 
+# --- Training transform ---
+
+
 def crop_offsets(
     height: tf.Tensor, width: tf.Tensor, size: Sequence[int], uy: tf.Tensor, ux: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Top-left corner :func:`crop` uses for relative offsets ``uy, ux`` (same formula)."""
+    """Top-left corner of a ``size`` crop of a ``height × width`` image at relative offsets
+    ``uy, ux`` in [0, 1) of the free range (every corner equally likely for uniform draws)."""
     y0 = tf.cast(tf.floor(uy * tf.cast(height - size[0] + 1, tf.float32)), tf.int32)
     x0 = tf.cast(tf.floor(ux * tf.cast(width - size[1] + 1, tf.float32)), tf.int32)
     return y0, x0
 
 
-def crop_cat_max_ratio(
+@dataclasses.dataclass(frozen=True)
+class _CropWindow:
+    """A ``size`` crop of the image resized to ``scaled_hw`` from ``source_hw`` pixels, as if
+    the resized image had been padded bottom/right to at least ``size`` first.
+
+    Only the part inside the resized image is cut (``out_hw``, at most ``size``); the padding
+    is added after normalisation. The mask is never resized whole: the window's rows and
+    columns are mapped back to the source mask with ``tf.image.resize``'s nearest rule, because
+    a nearest-neighbour resize of the full mask costs more than the rest of the transform.
+    """
+
+    size: tuple[int, int]
+    source_hw: tuple[tf.Tensor, tf.Tensor]
+    scaled_hw: tuple[tf.Tensor, tf.Tensor]
+
+    @property
+    def out_hw(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """Height and width of the window's part inside the resized image."""
+        return tf.minimum(self.scaled_hw[0], self.size[0]), tf.minimum(
+            self.scaled_hw[1], self.size[1]
+        )
+
+    def corner(self, uy: tf.Tensor, ux: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Top-left corner (in resized pixels) for relative offsets ``uy, ux``."""
+        padded_h = tf.maximum(self.scaled_hw[0], self.size[0])
+        padded_w = tf.maximum(self.scaled_hw[1], self.size[1])
+        return crop_offsets(padded_h, padded_w, self.size, uy, ux)
+
+    def cut_image(self, image: tf.Tensor, uy: tf.Tensor, ux: tf.Tensor) -> tf.Tensor:
+        """The window of the resized ``image``: float ``[out_h, out_w, 3]``."""
+        (y0, x0), (out_h, out_w) = self.corner(uy, ux), self.out_hw
+        return image[y0 : y0 + out_h, x0 : x0 + out_w]
+
+    def cut_mask(self, mask: tf.Tensor, uy: tf.Tensor, ux: tf.Tensor, stride: int = 1) -> tf.Tensor:
+        """The window of the source ``mask`` resized (nearest) like the image, every
+        ``stride``-th row and column: uint8 ``[out_h / stride, out_w / stride]``."""
+        (y0, x0), (out_h, out_w) = self.corner(uy, ux), self.out_hw
+        rows = _nearest_sources(y0, out_h, self.source_hw[0], self.scaled_hw[0])[::stride]
+        cols = _nearest_sources(x0, out_w, self.source_hw[1], self.scaled_hw[1])[::stride]
+        # Row gathers are contiguous copies; gathering columns directly is 4x slower.
+        picked = tf.transpose(tf.gather(mask, rows, axis=0))
+        return tf.transpose(tf.gather(picked, cols, axis=0))
+
+
+def _nearest_sources(
+    start: tf.Tensor, length: tf.Tensor, source: tf.Tensor, scaled: tf.Tensor
+) -> tf.Tensor:
+    """Source indices of resized positions ``start .. start+length-1`` under
+    ``tf.image.resize``'s nearest rule: ``floor((out + 0.5) · source / scaled)``, in float32."""
+    inverse = tf.cast(source, tf.float32) / tf.cast(scaled, tf.float32)
+    pos = tf.cast(tf.range(start, start + length), tf.float32) + 0.5
+    return tf.minimum(tf.cast(tf.floor(pos * inverse), tf.int32), source - 1)
+
+
+def _random_resize(
+    image: tf.Tensor, source_hw: tuple[tf.Tensor, tf.Tensor], scale_range, u: tf.Tensor
+) -> tf.Tensor:
+    """Bilinear resize of ``image`` by a scale uniform in ``scale_range`` (``u`` in [0, 1));
+    sides are rounded and at least 1. ``(1, 1)`` returns the image untouched."""
+    lo, hi = scale_range
+    if (lo, hi) == (1.0, 1.0):
+        return image
+    size = tf.cast(tf.stack(source_hw), tf.float32)
+    new_size = tf.maximum(tf.cast(tf.round(size * (lo + (hi - lo) * u)), tf.int32), 1)
+    return tf.image.resize(image, new_size, method="bilinear")
+
+
+def _is_class_balanced(labels: tf.Tensor, cat_max_ratio: float) -> tf.Tensor:
+    """True when ``labels`` hold more than one class and none covers ``cat_max_ratio`` or more
+    of the labelled (non-ignore) pixels."""
+    counts = tf.math.bincount(
+        tf.cast(tf.reshape(labels, [-1]), tf.int32), minlength=256, maxlength=256, dtype=tf.int32
+    )[:IGNORE_INDEX]
+    total = tf.cast(tf.reduce_sum(counts), tf.float32)
+    largest = tf.cast(tf.reduce_max(counts), tf.float32)
+    return tf.logical_and(tf.math.count_nonzero(counts) > 1, largest < cat_max_ratio * total)
+
+
+def _class_balanced_offsets(
+    window: _CropWindow,
+    mask: tf.Tensor,
+    seed: tf.Tensor,
+    first: tf.Tensor,
+    cat_max_ratio: float,
+    max_tries: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Relative crop offsets: ``first`` (the plain draw, ``[2]``) or, while the window is not
+    class-balanced, up to ``max_tries - 1`` re-draws; the last one if none qualifies.
+
+    Balance is measured on every 4th row and column of the window (1/16 of the pixels), which
+    keeps ten retries cheap.
+    """
+    retries = tf.random.stateless_uniform(
+        [max_tries, 2], seed=tf.random.experimental.stateless_fold_in(seed, 1)
+    )
+    tries = tf.concat([first[None], retries[1:]], axis=0)
+
+    def rejected(i):
+        labels = window.cut_mask(mask, tries[i, 0], tries[i, 1], stride=4)
+        return tf.logical_not(_is_class_balanced(labels, cat_max_ratio))
+
+    (chosen,) = tf.while_loop(
+        lambda i: tf.logical_and(i < max_tries - 1, rejected(i)),
+        lambda i: (i + 1,),
+        (tf.constant(0),),
+    )
+    return tries[chosen, 0], tries[chosen, 1]
+
+
+def _normalize_and_pad(
     image: tf.Tensor,
     mask: tf.Tensor,
-    size: Sequence[int],
-    seed: tf.Tensor,
-    cat_max_ratio: float = 0.75,
-    max_tries: int = 10,
+    size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random crop that avoids windows dominated by one class (mmsegmentation's ``RandomCrop``
-    with ``cat_max_ratio``).
-
-    Tries up to ``max_tries`` random windows and keeps the first in which more than one class
-    is present and no class covers more than ``cat_max_ratio`` of the labelled (non-255)
-    pixels; if none qualifies, the last window is used. ``cat_max_ratio >= 1`` is a plain
-    random crop. ``image`` and ``mask`` must already be at least ``size`` (see
-    :func:`pad_to_size`). A pure function of ``seed`` (int ``[2]``).
-
-    Returns:
-      ``(image [size[0], size[1], 3], mask [size[0], size[1]])``, cut at the same window.
-    """
-    u = tf.random.stateless_uniform([max_tries, 2], seed=seed)
-    if cat_max_ratio >= 1.0:
-        return crop(image, mask, size, u[0, 0], u[0, 1])
-    h, w = tf.shape(mask)[0], tf.shape(mask)[1]
-
-    def acceptable(i):
-        y0, x0 = crop_offsets(h, w, size, u[i, 0], u[i, 1])
-        window = tf.reshape(mask[y0 : y0 + size[0], x0 : x0 + size[1]], [-1])
-        counts = tf.math.bincount(
-            tf.cast(window, tf.int32), minlength=256, maxlength=256, dtype=tf.int32
-        )[:IGNORE_INDEX]
-        total = tf.cast(tf.reduce_sum(counts), tf.float32)
-        present = tf.math.count_nonzero(counts)
-        largest = tf.cast(tf.reduce_max(counts), tf.float32)
-        return tf.logical_and(present > 1, largest < cat_max_ratio * total)
-
-    def keep_looking(i):
-        return tf.logical_and(i < max_tries - 1, tf.logical_not(acceptable(i)))
-
-    (chosen,) = tf.while_loop(keep_looking, lambda i: (i + 1,), (tf.constant(0),))
-    return crop(image, mask, size, u[chosen, 0], u[chosen, 1])
+    """Normalises a crop window of at most ``size`` and pads it bottom/right to ``size``:
+    the image with zeros (= the normalised mean), the mask with the ignore label."""
+    ch, cw = size
+    out_h, out_w = tf.shape(image)[0], tf.shape(image)[1]
+    # Full-size constant arrays: per-channel broadcasting is several times slower than an
+    # elementwise op on CPU.
+    scale = np.broadcast_to(1.0 / np.asarray(std, np.float32), (ch, cw, 3))
+    shift = np.broadcast_to(
+        -np.asarray(mean, np.float32) / np.asarray(std, np.float32), (ch, cw, 3)
+    )
+    image = image * tf.constant(scale)[:out_h, :out_w] + tf.constant(shift)[:out_h, :out_w]
+    pad = [[0, ch - out_h], [0, cw - out_w]]
+    image = tf.pad(image, pad + [[0, 0]])
+    mask = tf.pad(mask, pad, constant_values=IGNORE_INDEX)
+    return image, mask
 
 
-def train_transform_fast(
+def _flip(image: tf.Tensor, mask: tf.Tensor, do_flip: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Horizontal flip of both when ``do_flip`` (``tf.reverse``: a negative-stride slice is
+    slower)."""
+    image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
+    mask = tf.cond(do_flip, lambda: tf.reverse(mask, [1]), lambda: mask)
+    return image, mask
+
+
+def train_transform(
     image: tf.Tensor,
     mask: tf.Tensor,
     seed: tf.Tensor,
@@ -321,100 +362,48 @@ def train_transform_fast(
     cat_max_ratio: float = 1.0,
     max_tries: int = 10,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """:func:`train_transform` with the same random draws and the same output (up to float
-    rounding), about twice as fast on CPU.
+    """The training augmentation of one example; a pure function of ``seed``.
 
-    The image resize is the same as :func:`random_scale`'s; the rest avoids TensorFlow's slow
-    paths: the mask is resampled (nearest, same rule) only inside the crop window, the window
-    is cut from the unpadded resized image, normalised with full-size constant arrays
-    (per-channel broadcasting is several times slower than an elementwise op), padded with
-    zeros (= the normalised mean; mask 255) and flipped with ``tf.reverse`` instead of a
-    negative-stride slice.
+    Equivalent to: resize by a random scale (image bilinear, mask nearest) → pad bottom/right
+    to ``crop_size`` (image with ``mean``, mask with 255) → random ``crop_size`` crop (every
+    position equally likely) → flip horizontally with probability 1/2 → normalise. It is
+    computed crop-first, about twice as fast on CPU: the window is cut from the unpadded
+    resized image, the mask is resampled only inside it, and padding comes after
+    normalisation.
 
-    Extras: ``photometric`` applies :func:`photometric_distortion` to the crop window (seeded
-    from ``seed``) with ``colour_model`` ("yiq": cheap colour matrix; "hsv": exactly
-    mmsegmentation, but the HSV round trip costs more than all the rest together);
-    ``cat_max_ratio < 1`` re-draws the
-    window (up to ``max_tries``, the first draw being the plain one) until no class covers
-    more than that fraction of its labelled pixels, as :func:`crop_cat_max_ratio` (the
-    fractions are measured on every 4th row and column of the window, 1/16 of the pixels,
-    which keeps ten retries cheap).
+    Args:
+      image: uint8 or float ``[H, W, 3]``.
+      mask: uint8 ``[H, W]``.
+      seed: int ``[2]`` stateless seed.
+      crop_size: (height, width) of the output.
+      scale_range: (min, max) of the uniform random scale; (1, 1) disables scaling.
+      hflip: flip horizontally with probability 1/2.
+      mean, std: per-channel normalisation in 0–255 units.
+      photometric: apply :func:`photometric_distortion` (seeded from ``seed``) to the crop.
+      colour_model: its colour model: "yiq" (a cheap colour matrix) or "hsv" (exactly
+        mmsegmentation, but the HSV round trip costs more than all the rest together).
+      cat_max_ratio: < 1 re-draws the crop (up to ``max_tries`` windows, the first being the
+        plain draw) until no class covers that fraction of its labelled pixels, as
+        mmsegmentation's ``RandomCrop(cat_max_ratio=…)``.
+      max_tries: windows tried for ``cat_max_ratio``.
 
     Returns:
       ``(image float32 [h, w, 3] normalised, mask uint8 [h, w])``.
     """
-    ch, cw = int(crop_size[0]), int(crop_size[1])
+    size = (int(crop_size[0]), int(crop_size[1]))
     u = tf.random.stateless_uniform([4], seed=seed)
-    image = tf.cast(image, tf.float32)
-    src_h, src_w = tf.shape(mask)[0], tf.shape(mask)[1]
-    lo, hi = scale_range
-    if (lo, hi) != (1.0, 1.0):
-        # Same size and bilinear resize as random_scale; the mask is resized only inside the
-        # crop window below (nearest-neighbour on the full mask costs more than all the rest).
-        size = tf.cast(tf.stack([src_h, src_w]), tf.float32)
-        new_size = tf.maximum(tf.cast(tf.round(size * (lo + (hi - lo) * u[0])), tf.int32), 1)
-        image = tf.image.resize(image, new_size, method="bilinear")
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    # tf.image.resize's nearest rule: source = floor((out + 0.5) * in / out), in float32.
-    inverse_h = tf.cast(src_h, tf.float32) / tf.cast(h, tf.float32)
-    inverse_w = tf.cast(src_w, tf.float32) / tf.cast(w, tf.float32)
-    padded_h, padded_w = tf.maximum(h, ch), tf.maximum(w, cw)
-    out_h, out_w = tf.minimum(h, ch), tf.minimum(w, cw)
-
-    def nearest(start, length, inverse, limit):
-        pos = tf.cast(tf.range(start, start + length), tf.float32) + 0.5
-        return tf.minimum(tf.cast(tf.floor(pos * inverse), tf.int32), limit - 1)
-
-    def mask_window(uy, ux, stride=1):
-        y0, x0 = crop_offsets(padded_h, padded_w, (ch, cw), uy, ux)
-        rows = nearest(y0, out_h, inverse_h, src_h)[::stride]
-        cols = nearest(x0, out_w, inverse_w, src_w)[::stride]
-        # Row gathers are contiguous copies; gathering columns directly is 4x slower.
-        picked = tf.transpose(tf.gather(mask, rows, axis=0))
-        return tf.transpose(tf.gather(picked, cols, axis=0))
-
-    def image_window(uy, ux):
-        y0, x0 = crop_offsets(padded_h, padded_w, (ch, cw), uy, ux)
-        return image[y0 : y0 + out_h, x0 : x0 + out_w]
-
+    source_hw = (tf.shape(mask)[0], tf.shape(mask)[1])
+    image = _random_resize(tf.cast(image, tf.float32), source_hw, scale_range, u[0])
+    window = _CropWindow(size, source_hw, (tf.shape(image)[0], tf.shape(image)[1]))
     uy, ux = u[1], u[2]
     if cat_max_ratio < 1.0:
-        retry_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-        tries = tf.random.stateless_uniform([max_tries, 2], seed=retry_seed)
-        tries = tf.concat([u[None, 1:3], tries[1:]], axis=0)
-
-        def acceptable(i):
-            labels = tf.reshape(mask_window(tries[i, 0], tries[i, 1], stride=4), [-1])
-            counts = tf.math.bincount(
-                tf.cast(labels, tf.int32), minlength=256, maxlength=256, dtype=tf.int32
-            )[:IGNORE_INDEX]
-            total = tf.cast(tf.reduce_sum(counts), tf.float32)
-            largest = tf.cast(tf.reduce_max(counts), tf.float32)
-            return tf.logical_and(
-                tf.math.count_nonzero(counts) > 1, largest < cat_max_ratio * total
-            )
-
-        (chosen,) = tf.while_loop(
-            lambda i: tf.logical_and(i < max_tries - 1, tf.logical_not(acceptable(i))),
-            lambda i: (i + 1,),
-            (tf.constant(0),),
-        )
-        uy, ux = tries[chosen, 0], tries[chosen, 1]
-    image, mask = image_window(uy, ux), mask_window(uy, ux)
+        uy, ux = _class_balanced_offsets(window, mask, seed, u[1:3], cat_max_ratio, max_tries)
+    image, mask = window.cut_image(image, uy, ux), window.cut_mask(mask, uy, ux)
     if photometric:
         image = photometric_distortion(
             image, tf.random.experimental.stateless_fold_in(seed, 2), colour_model=colour_model
         )
-    scale = np.broadcast_to(1.0 / np.asarray(std, np.float32), (ch, cw, 3))
-    shift = np.broadcast_to(
-        -np.asarray(mean, np.float32) / np.asarray(std, np.float32), (ch, cw, 3)
-    )
-    image = image * tf.constant(scale)[:out_h, :out_w] + tf.constant(shift)[:out_h, :out_w]
-    pad = [[0, ch - out_h], [0, cw - out_w]]
-    image = tf.pad(image, pad + [[0, 0]])
-    mask = tf.pad(mask, pad, constant_values=IGNORE_INDEX)
+    image, mask = _normalize_and_pad(image, mask, size, mean, std)
     if hflip:
-        do_flip = u[3] < 0.5
-        image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
-        mask = tf.cond(do_flip, lambda: tf.reverse(mask, [1]), lambda: mask)
-    return tf.ensure_shape(image, [ch, cw, 3]), tf.ensure_shape(mask, [ch, cw])
+        image, mask = _flip(image, mask, u[3] < 0.5)
+    return tf.ensure_shape(image, [*size, 3]), tf.ensure_shape(mask, list(size))

@@ -1,5 +1,11 @@
-"""Orbax checkpoints: the train-state manager (async, atomic, auto-resume) and plain variable
-checkpoints (pretrained weights) that any model can be initialised from.
+"""Orbax checkpoints: the train-state manager (async, atomic, auto-resume), plain variable
+checkpoints (pretrained weights) that any model can be initialised from, and restoring a model's
+variables for inference from either kind.
+
+Three readers, three jobs: :func:`restore_state` (the whole train state, to resume training),
+:func:`restore_variables` (``params``/``batch_stats`` only, for inference, onto the model's
+abstract variables; no optimiser is built) and :func:`read_weights` (any checkpoint as host
+NumPy arrays, e.g. pretrained weights to merge with :func:`merge_pretrained`).
 
 Orbax writes each step into a temporary directory and renames it only once complete, so an
 interrupted save never becomes the latest checkpoint; stale temporary directories are removed
@@ -7,13 +13,22 @@ when the manager opens.
 """
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from segjax.sharding import path_to_str
+
+# What a model's shapes determine; the optimiser state mirrors the params.
+MODEL_COLLECTIONS = ("params", "batch_stats")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the configured model (a parameter's shape or presence differs)."""
 
 
 def make_manager(workdir: str, keep: int, *, async_save: bool = True) -> ocp.CheckpointManager:
@@ -39,9 +54,143 @@ def restore_state(manager: ocp.CheckpointManager, abstract_state: Any, step: int
 
     ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set, so a
     checkpoint saved on any number of devices restores onto the current mesh.
+
+    Raises:
+      CheckpointMismatchError: the checkpoint's params/batch_stats do not fit ``abstract_state``
+        (checked before Orbax reads anything; the message names the first difference).
     """
     step = manager.latest_step() if step is None else step
+    runs = os.path.dirname(str(manager.directory))
+    check_fits(
+        _item_dir(manager.directory, step),
+        abstract_state,
+        hint=(
+            f"the run in {runs} was trained with the config in {runs}/config.json; to start "
+            f"over with this config use a new --workdir or delete {manager.directory}"
+        ),
+    )
     return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def _item_dir(checkpoints_dir, step: int) -> str:
+    """Where the manager keeps the state of ``step`` (its single, default item)."""
+    return os.path.join(str(checkpoints_dir), str(step), "default")
+
+
+def _is_array_metadata(m) -> bool:
+    return hasattr(m, "shape") and hasattr(m, "dtype")
+
+
+def stored_tree(path: str) -> Any:
+    """The tree of array metadata (shape, dtype) stored in the checkpoint at ``path``."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # Orbax warns that a step-level metadata file is absent
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            metadata = ckptr.metadata(path)
+    finally:
+        logging.set_verbosity(verbosity)
+    return metadata.item_metadata if hasattr(metadata, "item_metadata") else metadata
+
+
+def _model_leaves(tree) -> dict[str, tuple[int, ...]]:
+    """``{"params/…/kernel": shape}`` of the model collections of a state or variables tree,
+    params first."""
+    if hasattr(tree, "params") and not isinstance(tree, dict):  # a TrainState
+        tree = {k: getattr(tree, k) for k in MODEL_COLLECTIONS}
+    leaves = {}
+    for name in MODEL_COLLECTIONS:
+        sub = tree.get(name) if hasattr(tree, "get") else None
+        flat = jax.tree_util.tree_flatten_with_path(sub or {}, is_leaf=_is_array_metadata)[0]
+        for path, leaf in sorted(flat, key=lambda item: path_to_str(item[0])):
+            leaves[f"{name}/{path_to_str(path)}"] = tuple(leaf.shape)
+    return leaves
+
+
+def mismatches(stored: Any, target: Any, *, allow_unused: bool = False) -> Iterator[str]:
+    """Describes each model array whose shape or presence differs between a stored checkpoint
+    tree and the target (abstract state or variables): params first, then in path order."""
+    have, want = _model_leaves(stored), _model_leaves(target)
+    for name in list(want) + [n for n in have if n not in want]:
+        if name not in have:
+            yield f"{name} is in the model but not in the checkpoint"
+        elif name not in want:
+            if not allow_unused:
+                yield f"{name} is in the checkpoint but not in the model"
+        elif have[name] != want[name]:
+            yield f"{name} has shape {have[name]} in the checkpoint but {want[name]} in the model"
+
+
+def check_fits(path: str, target: Any, *, allow_unused: bool = False, hint: str = "") -> None:
+    """Raises :class:`CheckpointMismatchError` when the checkpoint at ``path`` does not fit
+    ``target``: one line naming the checkpoint, the first mismatched parameter with both
+    shapes, and ``hint`` (what to do)."""
+    found = list(mismatches(stored_tree(path), target, allow_unused=allow_unused))
+    if not found:
+        return
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    hint = hint or "check that the config builds the model this checkpoint was saved from"
+    raise CheckpointMismatchError(
+        f"checkpoint {os.path.abspath(path)} does not fit the configured model: {found[0]}{more}; "
+        f"{hint}"
+    )
+
+
+def _step_dirs(path: str) -> list[int]:
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def restore_variables(
+    abstract_variables: dict, checkpoint_dir: str, step: int | None = None
+) -> tuple[dict, int | None]:
+    """Model variables for inference, restored onto ``abstract_variables``' shardings.
+
+    Only ``params`` and ``batch_stats`` are read (an Orbax partial restore), so no optimiser or
+    train step is built and the optimiser state is never loaded.
+
+    Args:
+      abstract_variables: ``{"params": …, "batch_stats": …}`` of ``jax.ShapeDtypeStruct`` with
+        shardings (:func:`segjax.trainer.abstract_variables`).
+      checkpoint_dir: a train-state checkpoints directory (``WORKDIR/checkpoints``, one
+        sub-directory per step) or a variables checkpoint (:func:`save_variables`, e.g.
+        imported torchvision weights; arrays the model does not use are ignored).
+      step: the train-state step (default: the latest).
+
+    Returns:
+      ``(variables, step)``; ``step`` is None for a variables checkpoint.
+
+    Raises:
+      FileNotFoundError: no checkpoint (or no such step) at ``checkpoint_dir``.
+      CheckpointMismatchError: the checkpoint does not fit the model.
+    """
+    path = os.path.abspath(checkpoint_dir)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    steps = _step_dirs(path)
+    if steps:
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise FileNotFoundError(f"no checkpoint of step {step} in {path}; steps: {steps}")
+        item = _item_dir(path, step)
+    elif step is not None:
+        raise ValueError(f"--step {step} given but {path} is a variables checkpoint (no steps)")
+    elif not os.listdir(path):
+        raise FileNotFoundError(f"checkpoint directory {path} is empty (no steps, no variables)")
+    else:
+        item = path
+    check_fits(item, abstract_variables, allow_unused=not steps)
+    target = {k: v for k, v in abstract_variables.items() if v}
+    with ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(
+            item,
+            args=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            ),
+        )
+    return restored, (int(step) if steps else None)
 
 
 def save_variables(directory: str, variables: dict) -> None:
@@ -50,7 +199,7 @@ def save_variables(directory: str, variables: dict) -> None:
         ckptr.save(os.path.abspath(directory), jax.tree.map(np.asarray, variables), force=True)
 
 
-def load_variables(directory: str) -> dict:
+def read_weights(directory: str) -> dict:
     """Reads a checkpoint written by :func:`save_variables` (or a train-state checkpoint step
     directory) as a nested dict of NumPy arrays.
 
@@ -63,14 +212,12 @@ def load_variables(directory: str) -> dict:
     # An explicit single-device target: without one Orbax restores onto the shardings it
     # saved, which fails when the checkpoint came from a different number of devices.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        stored_tree(path),
+        is_leaf=_is_array_metadata,
+    )
     with ocp.StandardCheckpointer() as ckptr:
-        metadata = ckptr.metadata(path)
-        tree = metadata.item_metadata if hasattr(metadata, "item_metadata") else metadata
-        abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-            tree,
-            is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
-        )
         restored = ckptr.restore(path, abstract)
     return jax.tree.map(np.asarray, restored)
 
@@ -80,7 +227,7 @@ def merge_pretrained(variables: dict, pretrained: dict) -> tuple[dict, dict]:
 
     Args:
       variables: freshly initialised ``{"params": …, "batch_stats": …}``.
-      pretrained: variables read by :func:`load_variables` (may cover only a backbone).
+      pretrained: variables read by :func:`read_weights` (may cover only a backbone).
 
     Returns:
       ``(merged, report)`` where report has lists ``loaded``, ``kept_initial`` (in the model,

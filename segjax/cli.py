@@ -1,15 +1,127 @@
-"""What the command-line tools share: flag parsing with one-line errors, workdir checks,
-runtime setup (quiet TensorFlow, multi-process start-up)."""
+"""What the command-line tools share: their flag groups, option parsing, one-line errors,
+workdir checks and runtime setup (quiet TensorFlow/TFDS, multi-process start-up).
+
+Flag groups are defined once per process (the ``define_*`` functions are cached), so the tools
+can be imported side by side; each tool takes the groups it needs at import time.
+"""
 
 import contextlib
+import functools
 import os
+import re
 import sys
+import types
 
-from absl import flags
+import ml_collections
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import app, flags, logging
+from ml_collections import config_flags
 
+from segjax import inference, sharding, trainer
 from segjax.logs import fail
 
-__all__ = ["fail", "parse_flags", "require_config", "require_workdir", "setup_runtime"]
+__all__ = [
+    "clean_errors",
+    "configure_host_devices",
+    "define_checkpoint_flags",
+    "define_inference_flags",
+    "define_multiprocess_flags",
+    "define_run_flags",
+    "fail",
+    "inference_options",
+    "load_model",
+    "parse_flags",
+    "require_config",
+    "require_workdir",
+    "run_tool",
+    "setup_runtime",
+]
+
+
+@functools.cache
+def define_run_flags() -> types.SimpleNamespace:
+    """``--config`` (a config file, optionally ``file.py:arg``; locked, so a misspelt override
+    is an error) and ``--workdir``."""
+    return types.SimpleNamespace(
+        config=config_flags.DEFINE_config_file(
+            "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
+        ),
+        workdir=flags.DEFINE_string("workdir", None, "Run directory (checkpoints/, logs)."),
+    )
+
+
+@functools.cache
+def define_checkpoint_flags() -> types.SimpleNamespace:
+    """``--checkpoint`` (instead of the workdir's), ``--step`` and ``--output``."""
+    return types.SimpleNamespace(
+        checkpoint=flags.DEFINE_string(
+            "checkpoint",
+            None,
+            "A checkpoints/ directory or a variables checkpoint (default: the workdir's).",
+        ),
+        step=flags.DEFINE_integer("step", None, "Checkpoint step (default: latest)."),
+        output=flags.DEFINE_string("output", None, "Output directory."),
+    )
+
+
+@functools.cache
+def define_inference_flags() -> types.SimpleNamespace:
+    """How to predict (:class:`segjax.inference.InferenceOptions`): mode, sliding-window and
+    overlap-tile geometry, test-time scales and flip, CRF."""
+    return types.SimpleNamespace(
+        mode=flags.DEFINE_enum("mode", "whole", list(inference.MODES), "Inference strategy."),
+        crop=flags.DEFINE_list("crop", None, "Sliding-window crop h,w (default: data.crop_size)."),
+        stride=flags.DEFINE_list("stride", None, "Sliding-window stride h,w (default: 2/3 crop)."),
+        tile_batch=flags.DEFINE_integer("tile_batch", 4, "Tile positions per model call."),
+        tile_size=flags.DEFINE_integer("tile_size", 388, "Overlap-tile output side (tile mode)."),
+        scales=flags.DEFINE_string("scales", "1.0", "Comma-separated test-time scales."),
+        flip=flags.DEFINE_bool("flip", False, "Add horizontally flipped predictions."),
+        crf=flags.DEFINE_bool("crf", False, "Refine with the dense CRF (segjax.crf)."),
+    )
+
+
+@functools.cache
+def define_multiprocess_flags() -> types.SimpleNamespace:
+    """Multi-process start-up: coordinator address, number of processes, this process's index."""
+    return types.SimpleNamespace(
+        coordinator=flags.DEFINE_string(
+            "coordinator_address", "", "Multi-process: address of process 0 (host:port)."
+        ),
+        num_processes=flags.DEFINE_integer(
+            "num_processes", 0, "Multi-process: number of processes."
+        ),
+        process_id=flags.DEFINE_integer("process_id", -1, "Multi-process: index of this process."),
+    )
+
+
+def inference_options(config: ml_collections.ConfigDict, f) -> inference.InferenceOptions:
+    """:class:`segjax.inference.InferenceOptions` from the :func:`define_inference_flags` values."""
+    return inference.options_for(
+        config,
+        mode=f.mode.value,
+        crop=f.crop.value,
+        stride=f.stride.value,
+        tile_batch=f.tile_batch.value,
+        tile_size=f.tile_size.value,
+        scales=f.scales.value,
+        flip=f.flip.value,
+        crf=f.crf.value,
+    )
+
+
+def load_model(config: ml_collections.ConfigDict, f) -> trainer.InferenceModel:
+    """The model of ``--config`` restored from ``--checkpoint`` or the ``--workdir``'s latest
+    (or ``--step``) checkpoint (:func:`segjax.trainer.load_for_inference`); ``f`` holds the
+    run and checkpoint flags."""
+    return trainer.load_for_inference(
+        config, workdir=f.workdir.value, checkpoint_dir=f.checkpoint.value, step=f.step.value
+    )
+
+
+def run_tool(main) -> None:
+    """``absl.app.run(main)`` with :func:`parse_flags` (one-line flag and config errors)."""
+    app.run(main, flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -18,9 +130,25 @@ def parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as e:
         fail(_one_line(e))
+    except (AttributeError, KeyError) as e:  # a misspelt --config.x override
+        fail(_unknown_override(argv, e))
     except Exception as e:  # config files raise their own errors while being loaded
         fail(f"{type(e).__name__}: {_one_line(e)}")
     return []
+
+
+def _unknown_override(argv: list[str], error: BaseException) -> str:
+    """``--config.train.num_stepz: no config key 'num_stepz'; did you mean 'num_steps'?``"""
+    # ml_collections nests the key's repr in the message (quotes and "\n" escaped once more).
+    text = str(error).replace("\\n", " ").replace("\\", "")
+    key_match = re.search(r"'(\w+)'", text)
+    key = key_match.group(1) if key_match else text
+    given = next(
+        (a.split("=", 1)[0] for a in argv if a.startswith("--config.") and key in a), "--config"
+    )
+    suggestion = re.search(r'Did you mean "(\w+)"', text)
+    out = f"{given}: no config key {key!r}"
+    return out + (f"; did you mean {suggestion.group(1)!r}?" if suggestion else "")
 
 
 def _one_line(e: BaseException) -> str:
@@ -28,7 +156,7 @@ def _one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def require_config(config, flag: str):
+def require_config(config, flag: str = "--config"):
     """The loaded config, or a clear error when the flag was not given."""
     if config is None:
         fail(f"{flag} is required (e.g. {flag} configs/quickstart.py)")
@@ -39,10 +167,33 @@ def require_config(config, flag: str):
     return config
 
 
-def require_workdir(workdir: str | None) -> str:
+def require_no_arguments(argv: list[str]) -> None:
+    """Exits with one line when positional arguments follow the flags of a tool taking none."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+
+
+def require_checkpoint_source(f) -> None:
+    """Exits with one line unless ``--workdir`` or ``--checkpoint`` says what to restore."""
+    if not f.workdir.value and not f.checkpoint.value:
+        fail("give --workdir (its checkpoints/) or --checkpoint DIR")
+
+
+def require_output(f, default: str | None = None) -> str:
+    """The writable ``--output`` directory (or ``default``); exits with one line if none."""
+    output = f.output.value or default
+    if not output:
+        fail(
+            "--output is required"
+            + (" with --checkpoint and no --workdir" if f.checkpoint.value else "")
+        )
+    return require_workdir(output, "--output")
+
+
+def require_workdir(workdir: str | None, flag: str = "--workdir") -> str:
     """Creates ``workdir`` if needed and checks it is writable; exits with one line if not."""
     if not workdir:
-        fail("--workdir is required")
+        fail(f"{flag} is required")
     workdir = os.path.abspath(os.path.expanduser(workdir))
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -51,14 +202,12 @@ def require_workdir(workdir: str | None) -> str:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        fail(f"workdir {workdir} is not writable: {e.strerror or e}")
+        fail(f"{flag} {workdir} is not writable: {e.strerror or e}")
     return workdir
 
 
 def configure_host_devices(config, num_processes: int = 0) -> None:
     """Splits a CPU host into per-core devices (``config.host_devices``) before JAX starts."""
-    from segjax import sharding
-
     env = os.environ
     num_processes = num_processes or int(
         env.get("SEGJAX_NUM_PROCESSES") or env.get("SLURM_NTASKS") or 1
@@ -68,28 +217,21 @@ def configure_host_devices(config, num_processes: int = 0) -> None:
 
 
 def setup_runtime(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
-    """Keeps TensorFlow (used for tf.data only) off accelerators and starts multi-process JAX."""
-    import tensorflow as tf
-    from absl import logging
-
+    """Keeps TensorFlow (used for tf.data only) off accelerators, silences TFDS's progress bars
+    (segjax prints its own progress line) and starts multi-process JAX."""
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     tf.config.set_visible_devices([], "GPU")
     tf.get_logger().setLevel("ERROR")
-    from segjax import sharding
-
+    tfds.disable_progress_bar()
     sharding.maybe_initialize_distributed(coordinator, num_processes, process_id)
 
 
 @contextlib.contextmanager
 def clean_errors():
     """Reports expected user errors (bad config value, missing file, bad data) in one line."""
-    import tensorflow as tf
-
-    from segjax.trainer import NonFiniteError
-
     try:
         yield
-    except (ValueError, KeyError, FileNotFoundError, NonFiniteError) as e:
+    except (ValueError, KeyError, FileNotFoundError, trainer.NonFiniteError) as e:
         if os.environ.get("SEGJAX_TRACEBACK"):
             raise
         fail(f"{type(e).__name__}: {_one_line(e)}  (set SEGJAX_TRACEBACK=1 for the traceback)")

@@ -16,107 +16,136 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params, stats, logits stay f32)
-    # How nn.Conv layers are differentiated: "auto" (the per-tap matmul path of
-    # layers.conv_general_dilated_fast on CPU, XLA's own elsewhere) | "taps" | "xla".
-    # Results agree within float tolerance; see docs/PERFORMANCE.md.
-    c.conv_backward = "auto"
+    # How traced nn.Conv layers are computed, forward and gradients: "gemm" (the exact matmul /
+    # Winograd rewrites of segjax.ops.conv, which XLA:CPU runs fast) | "xla" (XLA's own
+    # convolution) | "auto" ("gemm" on the CPU backend, "xla" elsewhere). Results agree within
+    # float rounding; see docs/PERFORMANCE.md. Every jit site applies it through segjax.ops.jit.
+    c.conv_impl = "auto"
     # XLA:CPU's instruction scheduler for compiled steps: "memory" (memory-optimised: runs the
     # step's ops one after another; faster and smaller on CPU, docs/PERFORMANCE.md) |
     # "concurrency" | "xla" (XLA's default, concurrency-optimised). No effect on GPU/TPU.
     c.cpu_scheduler = "memory"
     c.init_from = ""  # a checkpoint directory (e.g. an imported torchvision backbone) to start from
-
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "unet_small"
-    c.model.num_classes = 4
-    # Constructor keyword arguments of the model (output_stride, aux, width …); a config sets
-    # the ones its model accepts: c.model.kwargs = ml_collections.ConfigDict({"aux": True}).
-    c.model.kwargs = ml_collections.ConfigDict()
-
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "shapes"
-    # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-    c.data.data_dir = ""
-    c.data.manual_dir = ""  # where manually downloaded archives live (VOC, SBD, Cityscapes …)
-    c.data.root = ""  # folder datasets: directory with images/ and masks/
-    c.data.config_name = ""  # builder config (e.g. VOC "2012" or "aug")
-    c.data.download = False  # let builders fetch archives themselves (VOC, SBD, ADE20K)
-    c.data.class_names = ()  # folder datasets: optional names, one per class
-    c.data.palette = ()  # folder datasets: optional RGB colour per class for predictions
-    c.data.num_classes = 0  # folder datasets: number of classes (0 = from class_names)
-    c.data.value_range = ()  # 16-bit images: (lo, hi) to scale to 0-255; () = each image's range
-    c.data.skip_bad_examples = False  # count, log and skip unreadable examples instead of failing
-    c.data.train_split = "train"
-    c.data.eval_split = "validation"
-    c.data.crop_size = (64, 64)
-    c.data.scale_range = (0.5, 2.0)
-    c.data.hflip = True
-    c.data.photometric = False
-    c.data.cat_max_ratio = 1.0  # < 1: retry crops where one class covers more than this ratio
-    c.data.mean = augment.IMAGENET_MEAN
-    c.data.std = augment.IMAGENET_STD
-    c.data.eval_pad_size = (64, 64)  # evaluation images are padded (not resized) to this size
-    c.data.shuffle_buffer = 10_000
-    c.data.cache = True  # cache decoded examples in memory (small datasets)
-    c.data.num_threads = 4
-
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 16  # global batch over all processes and devices
-    c.train.num_steps = 1000
-    c.train.grad_accum_steps = 1  # split each batch into this many sequential micro-batches
-    c.train.aux_weight = 0.4  # weight of the auxiliary head's loss (models with one)
-    c.train.label_smoothing = 0.0
-    c.train.class_weights = ()  # () = unweighted; else one weight per class
-    c.train.max_nonfinite_skips = 0  # non-finite loss/grad: skip up to this many updates, then stop
-    c.train.log_every = 50
-    c.train.eval_every = 500  # 0 = only at the end
-    c.train.checkpoint_every = 500
-    c.train.keep_checkpoints = 3
-    c.train.num_vis_images = 4  # validation predictions written to TensorBoard
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "sgd"  # sgd | adamw
-    c.optim.lr = 0.01
-    c.optim.end_lr = 0.0
-    c.optim.schedule = "poly"  # poly | cosine | constant
-    c.optim.power = 0.9
-    c.optim.warmup_steps = 0
-    c.optim.warmup_init_factor = 0.0
-    c.optim.momentum = 0.9
-    c.optim.nesterov = False
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 1e-4
-    c.optim.clip_grad_norm = 0.0  # 0 = no clipping
-
+    c.model = _model_schema()
+    c.data = _data_schema()
+    c.train = _train_schema()
+    c.optim = _optim_schema()
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 16
-
     # CPU hosts: XLA devices to split each host into (0 = auto: one per core, as many as
     # divide the batch sizes; 1 = one device). Ignored when XLA_FLAGS already sets a count.
     c.host_devices = 0
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-    # (regex on state paths, "replicate" | "fsdp"); first match wins, no match = replicate.
-    c.mesh.rules = (("params/.*kernel", "fsdp"),)
-    c.mesh.min_shard_size = 2**14  # smaller leaves stay replicated
+    c.mesh = _mesh_schema()
     return c
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+def _model_schema() -> ml_collections.ConfigDict:
+    """``config.model``: which network and its constructor arguments."""
+    model = ml_collections.ConfigDict()
+    model.name = "unet_small"
+    model.num_classes = 4
+    # Constructor keyword arguments of the model (output_stride, aux, width …); a config sets
+    # the ones its model accepts: c.model.kwargs = ml_collections.ConfigDict({"aux": True}).
+    model.kwargs = ml_collections.ConfigDict()
+    return model
+
+
+def _data_schema() -> ml_collections.ConfigDict:
+    """``config.data``: dataset, splits, augmentation and the tf.data pipeline."""
+    data = ml_collections.ConfigDict()
+    data.name = "shapes"
+    # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+    data.data_dir = ""
+    data.manual_dir = ""  # where manually downloaded archives live (VOC, SBD, Cityscapes …)
+    data.root = ""  # folder datasets: directory with images/ and masks/
+    data.config_name = ""  # builder config (e.g. VOC "2012" or "aug")
+    data.download = False  # let builders fetch archives themselves (VOC, SBD, ADE20K)
+    data.class_names = ()  # folder datasets: optional names, one per class
+    data.palette = ()  # folder datasets: optional RGB colour per class for predictions
+    data.num_classes = 0  # folder datasets: number of classes (0 = from class_names)
+    data.value_range = ()  # 16-bit images: (lo, hi) to scale to 0-255; () = each image's range
+    data.skip_bad_examples = False  # count, log and skip unreadable examples instead of failing
+    data.train_split = "train"
+    data.eval_split = "validation"
+    data.crop_size = (64, 64)
+    data.scale_range = (0.5, 2.0)
+    data.hflip = True
+    data.photometric = False
+    data.cat_max_ratio = 1.0  # < 1: retry crops where one class covers more than this ratio
+    data.mean = augment.IMAGENET_MEAN
+    data.std = augment.IMAGENET_STD
+    data.eval_pad_size = (64, 64)  # evaluation images are padded (not resized) to this size
+    data.shuffle_buffer = 10_000
+    data.cache = True  # cache decoded examples in memory (small datasets)
+    data.num_threads = 4
+    return data
+
+
+def _train_schema() -> ml_collections.ConfigDict:
+    """``config.train``: batch, steps, loss weights, logging and checkpoint cadence."""
+    train = ml_collections.ConfigDict()
+    train.batch_size = 16  # global batch over all processes and devices
+    train.num_steps = 1000
+    train.grad_accum_steps = 1  # split each batch into this many sequential micro-batches
+    train.aux_weight = 0.4  # weight of the auxiliary head's loss (models with one)
+    train.label_smoothing = 0.0
+    train.class_weights = ()  # () = unweighted; else one weight per class
+    train.max_nonfinite_skips = 0  # non-finite loss/grad: skip up to this many updates, then stop
+    train.log_every = 50
+    train.eval_every = 500  # 0 = only at the end
+    train.checkpoint_every = 500
+    train.keep_checkpoints = 3
+    train.num_vis_images = 4  # validation predictions written to TensorBoard
+    return train
+
+
+def _optim_schema() -> ml_collections.ConfigDict:
+    """``config.optim``: optimiser, learning-rate schedule, weight decay, clipping."""
+    optim = ml_collections.ConfigDict()
+    optim.name = "sgd"  # sgd | adamw
+    optim.lr = 0.01
+    optim.end_lr = 0.0
+    optim.schedule = "poly"  # poly | cosine | constant
+    optim.power = 0.9
+    optim.warmup_steps = 0
+    optim.warmup_init_factor = 0.0
+    optim.momentum = 0.9
+    optim.nesterov = False
+    optim.b1 = 0.9
+    optim.b2 = 0.999
+    optim.eps = 1e-8
+    optim.weight_decay = 1e-4
+    optim.clip_grad_norm = 0.0  # 0 = no clipping
+    return optim
+
+
+def _mesh_schema() -> ml_collections.ConfigDict:
+    """``config.mesh``: device mesh axes and which state leaves are sharded."""
+    mesh = ml_collections.ConfigDict()
+    mesh.data = -1
+    mesh.fsdp = 1
+    # (regex on state paths, "replicate" | "fsdp"); first match wins, no match = replicate.
+    mesh.rules = (("params/.*kernel", "fsdp"),)
+    mesh.min_shard_size = 2**14  # smaller leaves stay replicated
+    return mesh
+
+
+def parse_arg(arg: str | None, *, choices=None, **defaults) -> ml_collections.ConfigDict:
     """Parses ``"runlocal,variant=r101,steps=10"`` into a ConfigDict.
 
     A bare word sets a boolean True; ``k=v`` is typed after the default of ``k`` (str if none).
 
+    Args:
+      arg: the text after ``:`` in ``--config file.py:arg``; None or "" keeps the defaults.
+      choices: ``{key: allowed values}`` for keys that take one of a few values, e.g.
+        ``choices={"variant": VARIANTS}`` in a config file with several published variants.
+      **defaults: every accepted key with its default value.
+
     Raises:
-      ValueError: a key that is not in ``defaults``.
+      ValueError: a key that is not in ``defaults``, or a value outside its ``choices``.
     """
     out = ml_collections.ConfigDict(defaults)
-    if not arg:
-        return out
-    for item in arg.split(","):
+    for item in arg.split(",") if arg else ():
         key, sep, value = item.partition("=")
         key = key.strip()
         if key not in defaults:
@@ -128,4 +157,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         else:
             kind = type(defaults[key]) if defaults[key] is not None else str
             out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    for key, allowed in (choices or {}).items():
+        if out[key] not in allowed:
+            raise ValueError(
+                f"unknown {key}={out[key]!r}; this config's {key}s: "
+                + ", ".join(str(a) for a in allowed)
+            )
     return out

@@ -5,49 +5,36 @@
         [--scales 0.5,0.75,1.0,1.25,1.5,1.75] [--flip] [--crf]
 
 Every image of the split is counted exactly once, on any number of hosts (each process reads
-its part; the stream is padded with all-ignore examples). Outputs are written to the workdir
-(or ``--output``) by process 0.
+its part; the stream is padded with all-ignore examples). The loop and the compiled eval step
+are training's own (:func:`segjax.trainer.evaluate`, :func:`segjax.trainer.compile_eval_step`).
+Outputs are written to the workdir (or ``--output``) by process 0.
 """
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
 import types  # noqa: E402
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from segjax import cli, inference, input_pipeline, metrics, trainer  # noqa: E402
+from segjax import data as data_lib  # noqa: E402
 
-def _define_flags():
-    """The command-line flags (defined only when run as a program, so the module can be
-    imported next to other segjax tools)."""
-    config = config_flags.DEFINE_config_file(
-        "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
-    )
-    workdir = flags.DEFINE_string("workdir", None, "Run directory (checkpoints/ inside it).")
-    checkpoint = flags.DEFINE_string(
-        "checkpoint",
-        None,
-        "A checkpoints/ dir or a variables checkpoint (default: workdir's).",
-    )
-    step = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-    split = flags.DEFINE_string("split", None, "Split (default: data.eval_split).")
-    output = flags.DEFINE_string("output", None, "Where to write results (default: the workdir).")
-    mode = flags.DEFINE_enum("mode", "whole", ["whole", "slide", "tile"], "Inference strategy.")
-    crop = flags.DEFINE_list("crop", None, "Sliding-window crop h,w (default: data.crop_size).")
-    stride = flags.DEFINE_list("stride", None, "Sliding-window stride h,w (default: 2/3 of crop).")
-    tile_batch = flags.DEFINE_integer("tile_batch", 4, "Tile positions per model call.")
-    tile_size = flags.DEFINE_integer("tile_size", 388, "Overlap-tile output side (--mode tile).")
-    scales = flags.DEFINE_string("scales", "1.0", "Comma-separated test-time scales.")
-    flip = flags.DEFINE_bool("flip", False, "Add horizontally flipped predictions.")
-    crf = flags.DEFINE_bool("crf", False, "Refine with the dense CRF (segjax.crf).")
-    coordinator = flags.DEFINE_string(
-        "coordinator_address", "", "Multi-process: address of process 0 (host:port)."
-    )
-    num_processes = flags.DEFINE_integer("num_processes", 0, "Multi-process: number of processes.")
-    process_id = flags.DEFINE_integer("process_id", -1, "Multi-process: index of this process.")
-    return types.SimpleNamespace(**locals())
+_FLAGS = types.SimpleNamespace(
+    **vars(cli.define_run_flags()),
+    **vars(cli.define_checkpoint_flags()),
+    **vars(cli.define_inference_flags()),
+    **vars(cli.define_multiprocess_flags()),
+    split=flags.DEFINE_string("split", None, "Split (default: data.eval_split)."),
+)
 
 
 def evaluate(config, variables, mesh, options, split, *, model=None, source=None):
@@ -66,14 +53,7 @@ def evaluate(config, variables, mesh, options, split, *, model=None, source=None
       ``(cm, num_images)``: the confusion matrix and the number of real images counted (all
       processes).
     """
-    import jax
-    import numpy as np
-
-    from segjax import data as data_lib
-    from segjax import inference, input_pipeline, metrics, sharding
-    from segjax import trainer as trainer_lib
-
-    model = model if model is not None else trainer_lib.create_model(config)
+    model = model if model is not None else trainer.create_model(config)
     source = source if source is not None else data_lib.get_source(config.data)
     num_classes = config.model.num_classes
     if source.info.num_classes != num_classes:
@@ -88,35 +68,14 @@ def evaluate(config, variables, mesh, options, split, *, model=None, source=None
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    predictor = inference.make_predictor(
-        model, options, mean=tuple(config.data.mean), std=tuple(config.data.std)
-    )
-
-    def step(variables, batch):
-        scores = predictor(variables, batch["image"])
-        preds = jax.numpy.argmax(scores, axis=-1)
-        # Padding examples are all-ignore already; the mask makes this explicit.
-        labels = jax.numpy.where(batch["valid"][:, None, None], batch["mask"], 255)
-        return metrics.confusion_matrix(labels, preds, num_classes), batch["valid"].sum()
-
-    repl = sharding.replicated(mesh)
-    options = trainer_lib.compiler_options(config.cpu_scheduler)
-    step = jax.jit(step, out_shardings=(repl, repl), compiler_options=options)
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    count = 0
-    for batch in stream:
-        step_cm, n = step(variables, sharding.host_to_global(dict(batch), mesh))
-        cm += np.asarray(jax.device_get(step_cm), np.int64)
-        count += int(jax.device_get(n))
-    return cm, count
+    step = trainer.compile_eval_step(model, config, mesh, options)
+    result = trainer.evaluate(step, variables, stream, mesh)
+    return result.confusion_matrix, result.num_images
 
 
 def confusion_png(cm, class_names, path: str, cell: int = 0) -> None:
     """Writes the row-normalised confusion matrix (rows: ground truth) as a heat-map PNG with
     class names and per-cell percentages (Pillow only)."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-
     cm = np.asarray(cm, np.float64)
     n = cm.shape[0]
     rows = cm.sum(axis=1, keepdims=True)
@@ -160,8 +119,6 @@ def confusion_png(cm, class_names, path: str, cell: int = 0) -> None:
 
 def _jsonable(v):
     """NaN → null (strict JSON), recursively."""
-    import math
-
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -188,25 +145,22 @@ def run(
       ``num_images``, ``confusion_matrix`` and the inference settings; also written to
       ``OUTPUT/eval_<split>.json`` together with ``OUTPUT/eval_<split>_confusion.png``.
     """
-    import dataclasses
-    import json
-    import time
-
-    import jax
-
-    from segjax import data as data_lib
-    from segjax import inference, metrics
-
     options = options or inference.InferenceOptions()
     split = split or config.data.eval_split
     t0 = time.time()
-    trainer, variables, step = inference.load_variables(
+    restored = trainer.load_for_inference(
         config, workdir=workdir, checkpoint_dir=checkpoint_dir, step=step
     )
     source = data_lib.get_source(config.data)
     info = source.info
     cm, count = evaluate(
-        config, variables, trainer.mesh, options, split, model=trainer.model, source=source
+        config,
+        restored.variables,
+        restored.mesh,
+        options,
+        split,
+        model=restored.model,
+        source=source,
     )
     expected = info.splits[split]
     if count != expected:
@@ -214,7 +168,7 @@ def run(
     summary = metrics.summarize(cm)
     result = dict(
         summary,
-        step=step,
+        step=restored.step,
         split=split,
         num_images=count,
         checkpoint=os.path.abspath(checkpoint_dir or os.path.join(workdir, "checkpoints")),
@@ -238,45 +192,27 @@ def run(
 
 
 def main(argv):
+    """``python -m segjax.evaluate``: see the module docstring."""
     f = _FLAGS
-    from segjax import cli
-
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = cli.require_config(f.config.value, "--config")
-    if not f.workdir.value and not f.checkpoint.value:
-        cli.fail("give --workdir (its checkpoints/) or --checkpoint DIR")
+    cli.require_no_arguments(argv)
+    config = cli.require_config(f.config.value)
+    cli.require_checkpoint_source(f)
     workdir = f.workdir.value and os.path.abspath(os.path.expanduser(f.workdir.value))
-    output = f.output.value or workdir
-    if not output:
-        cli.fail("--output is required with --checkpoint and no --workdir")
-    output = cli.require_workdir(output)
+    output = cli.require_output(f, default=workdir)
+    # The host split training uses, so the evaluation runs the same compiled step.
+    cli.configure_host_devices(config, f.num_processes.value)
     cli.setup_runtime(f.coordinator.value, f.num_processes.value, f.process_id.value)
-    from segjax import inference
-
     with cli.clean_errors():
-        options = inference.options_for(
-            config,
-            mode=f.mode.value,
-            crop=f.crop.value,
-            stride=f.stride.value,
-            tile_batch=f.tile_batch.value,
-            tile_size=f.tile_size.value,
-            scales=f.scales.value,
-            flip=f.flip.value,
-            crf=f.crf.value,
-        )
         run(
             config,
             workdir=workdir,
             checkpoint_dir=f.checkpoint.value,
             step=f.step.value,
             split=f.split.value,
-            options=options,
+            options=cli.inference_options(config, f),
             output_dir=output,
         )
 
 
 if __name__ == "__main__":
-    _FLAGS = _define_flags()
-    app.run(main, flags_parser=lambda argv: __import__("segjax.cli").cli.parse_flags(argv))
+    cli.run_tool(main)

@@ -19,30 +19,27 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import json  # noqa: E402
 import types  # noqa: E402
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+from jax import export  # noqa: E402
 
+from segjax import cli, ops  # noqa: E402
+from segjax.models import unet  # noqa: E402
 
-def _define_flags():
-    """The command-line flags (defined only when run as a program, so the module can be
-    imported next to other segjax tools)."""
-    config = config_flags.DEFINE_config_file(
-        "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
-    )
-    workdir = flags.DEFINE_string("workdir", None, "Run directory (checkpoints/ inside it).")
-    checkpoint = flags.DEFINE_string(
-        "checkpoint", None, "A checkpoints/ directory or a variables checkpoint."
-    )
-    step = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-    output = flags.DEFINE_string("output", None, "Output directory.")
-    platforms = flags.DEFINE_list("platforms", ["cpu"], "Platforms to lower for (cpu, cuda, tpu).")
-    probabilities = flags.DEFINE_bool("probabilities", False, "Output softmax instead of logits.")
-    uint8_input = flags.DEFINE_bool(
+_FLAGS = types.SimpleNamespace(
+    **vars(cli.define_run_flags()),
+    **vars(cli.define_checkpoint_flags()),
+    platforms=flags.DEFINE_list("platforms", ["cpu"], "Platforms to lower for (cpu, cuda, tpu)."),
+    probabilities=flags.DEFINE_bool("probabilities", False, "Output softmax instead of logits."),
+    uint8_input=flags.DEFINE_bool(
         "uint8_input", False, "Take uint8 RGB images and normalise inside (config mean/std)."
-    )
-    return types.SimpleNamespace(**locals())
+    ),
+)
 
 
 FILENAME = "model.stablehlo"
@@ -51,16 +48,12 @@ METADATA = "model.json"
 
 def size_multiple(model) -> int:
     """The multiple the model pads its input sides to in Python (1 if none is known)."""
-    from segjax.models import unet
-
     if isinstance(model, unet.UNet):
         return 2**model.depth
     return 1
 
 
 def _pad_indices(n, total, reflect):
-    import jax.numpy as jnp
-
     i = jnp.arange(total)
     reflected = jnp.where(i < n, i, 2 * (n - 1) - i)
     return jnp.where(reflect, reflected, jnp.minimum(i, n - 1))
@@ -70,8 +63,6 @@ def pad_to_multiple(images, multiple: int):
     """Pads the bottom/right of ``images`` to sides divisible by ``multiple`` with the padded
     U-Net's rule (reflection when the pad is smaller than both sides, else edge), using only
     operations that work with symbolic sizes."""
-    import jax.numpy as jnp
-
     _, h, w, _ = images.shape
     hp = multiple * ((h + multiple - 1) // multiple)
     wp = multiple * ((w + multiple - 1) // multiple)
@@ -86,9 +77,6 @@ def serving_fn(model, variables, *, probabilities=False, mean=None, std=None):
 
     With ``mean``/``std`` the function takes uint8 (or 0..255 float) RGB and normalises it.
     """
-    import jax
-    import jax.numpy as jnp
-
     multiple = size_multiple(model)
 
     def fn(images):
@@ -115,21 +103,23 @@ def export_model(
 ):
     """A ``jax.export.Exported`` of the model with symbolic batch, height and width.
 
+    Traced through :func:`segjax.ops.jit` like every segjax jit site, always with XLA's own
+    convolutions: the GEMM rewrites pick their form from concrete sizes (Winograd tiling,
+    taps that only read padding), which a symbolic-size export does not have, and the exported
+    program is meant for any platform in ``platforms``.
+
     Raises:
       ValueError: the model's forward pass needs concrete image sizes (the message names it).
     """
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax import export
-
     host_vars = jax.tree.map(np.asarray, jax.device_get(variables))
     fn = serving_fn(model, host_vars, probabilities=probabilities, mean=mean, std=std)
     b, h, w = export.symbolic_shape("b, h, w")
     dtype = jnp.uint8 if mean is not None else jnp.float32
     spec = jax.ShapeDtypeStruct((b, h, w, 3), dtype)
     try:
-        return export.export(jax.jit(fn), platforms=tuple(platforms))(spec)
+        settings = types.SimpleNamespace(conv_impl="xla", cpu_scheduler="xla")
+        jitted = ops.jit(fn, settings)
+        return export.export(jitted, platforms=tuple(platforms))(spec)
     except (
         jax.errors.InconclusiveDimensionOperation,
         jax.errors.ConcretizationTypeError,
@@ -143,8 +133,6 @@ def export_model(
 
 def save(exported, directory: str, metadata: dict) -> str:
     """Writes ``model.stablehlo`` and ``model.json`` into ``directory``; returns the first."""
-    import json
-
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, FILENAME)
     with open(path, "wb") as f:
@@ -157,8 +145,6 @@ def save(exported, directory: str, metadata: dict) -> str:
 def load(path: str):
     """The ``jax.export.Exported`` stored at ``path`` (a file or a directory written by
     :func:`save`)."""
-    from jax import export
-
     if os.path.isdir(path):
         path = os.path.join(path, FILENAME)
     if not os.path.isfile(path):
@@ -168,55 +154,46 @@ def load(path: str):
 
 
 def main(argv):
+    """``python -m segjax.export``: see the module docstring."""
     f = _FLAGS
-    from segjax import cli
-
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = cli.require_config(f.config.value, "--config")
-    if not f.workdir.value and not f.checkpoint.value:
-        cli.fail("give --workdir (its checkpoints/) or --checkpoint DIR")
-    if not f.output.value:
-        cli.fail("--output is required")
-    output = cli.require_workdir(f.output.value)
+    cli.require_no_arguments(argv)
+    config = cli.require_config(f.config.value)
+    cli.require_checkpoint_source(f)
+    output = cli.require_output(f)
     cli.setup_runtime()
-    from segjax import inference
-
     with cli.clean_errors():
-        trainer, variables, step = inference.load_variables(
-            config,
-            workdir=f.workdir.value,
-            checkpoint_dir=f.checkpoint.value,
-            step=f.step.value,
-        )
+        restored = cli.load_model(config, f)
         mean = tuple(config.data.mean) if f.uint8_input.value else None
         std = tuple(config.data.std) if f.uint8_input.value else None
         exported = export_model(
-            trainer.model,
-            variables,
+            restored.model,
+            restored.variables,
             probabilities=f.probabilities.value,
             mean=mean,
             std=std,
             platforms=f.platforms.value,
         )
-        metadata = {
-            "model": config.model.name,
-            "model_kwargs": config.model.kwargs.to_dict(),
-            "num_classes": config.model.num_classes,
-            "step": step,
-            "input": "uint8 RGB [B, H, W, 3]"
-            if f.uint8_input.value
-            else "float32 [B, H, W, 3], normalised with mean/std",
-            "mean": list(config.data.mean),
-            "std": list(config.data.std),
-            "output": ("probabilities" if f.probabilities.value else "logits")
-            + " float32 [B, H, W, num_classes]",
-            "platforms": list(f.platforms.value),
-        }
-        path = save(exported, output, metadata)
+        path = save(exported, output, _metadata(config, f, restored.step))
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)", flush=True)
 
 
+def _metadata(config, f, step) -> dict:
+    """What ``model.json`` says goes in and comes out of the exported function."""
+    return {
+        "model": config.model.name,
+        "model_kwargs": config.model.kwargs.to_dict(),
+        "num_classes": config.model.num_classes,
+        "step": step,
+        "input": "uint8 RGB [B, H, W, 3]"
+        if f.uint8_input.value
+        else "float32 [B, H, W, 3], normalised with mean/std",
+        "mean": list(config.data.mean),
+        "std": list(config.data.std),
+        "output": ("probabilities" if f.probabilities.value else "logits")
+        + " float32 [B, H, W, num_classes]",
+        "platforms": list(f.platforms.value),
+    }
+
+
 if __name__ == "__main__":
-    _FLAGS = _define_flags()
-    app.run(main, flags_parser=lambda argv: __import__("segjax.cli").cli.parse_flags(argv))
+    cli.run_tool(main)

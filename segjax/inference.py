@@ -16,19 +16,18 @@ to fixed variables) and a batch of normalised images ``[B, H, W, 3]``, is pure a
   probabilities averaged.
 * :func:`crf_refine` — dense-CRF post-processing of probabilities (:mod:`segjax.crf`).
 
-:func:`make_predictor` combines them as configured; :func:`load_variables` restores the model
-variables of a run (or a variables checkpoint) for the command-line tools.
+:func:`make_predictor` combines them as configured. Restoring a trained model for inference is
+:func:`segjax.trainer.load_for_inference` (variables only, via :func:`segjax.checkpoint.
+restore_variables`).
 """
 
 import dataclasses
 import functools
 import math
-import os
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from segjax import crf
@@ -343,68 +342,3 @@ def options_for(
         flip=flip,
         crf=crf,
     )
-
-
-def load_variables(
-    config: ml_collections.ConfigDict,
-    *,
-    workdir: str | None = None,
-    checkpoint_dir: str | None = None,
-    step: int | None = None,
-):
-    """The model, its variables and the checkpoint step, restored for inference.
-
-    ``checkpoint_dir`` may be a train-state checkpoint directory (``WORKDIR/checkpoints``, with
-    one sub-directory per step) or a variables checkpoint (:func:`segjax.checkpoint.
-    save_variables`, e.g. imported weights); without it the run in ``workdir`` is used. The
-    latest step is taken unless ``step`` is given. Variables are placed on the trainer's mesh
-    (sharded as in training).
-
-    Returns:
-      ``(trainer, variables, step)``; ``step`` is None for a variables checkpoint.
-
-    Raises:
-      FileNotFoundError: no checkpoint where one was expected (the message names the path).
-    """
-    import orbax.checkpoint as ocp
-
-    from segjax import checkpoint as ckpt
-    from segjax import trainer as trainer_lib
-
-    t = trainer_lib.Trainer(config)
-    if checkpoint_dir is None:
-        if not workdir:
-            raise ValueError("load_variables: give workdir or checkpoint_dir")
-        checkpoint_dir = os.path.join(workdir, "checkpoints")
-    path = os.path.abspath(checkpoint_dir)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no checkpoint directory at {path}")
-    step_dirs = [d for d in os.listdir(path) if d.isdigit()]
-    if step_dirs:
-        options = ocp.CheckpointManagerOptions(create=False)
-        with ocp.CheckpointManager(path, options=options) as manager:
-            available = list(manager.all_steps())
-            if step is None:
-                step = manager.latest_step()
-            elif step not in available:
-                raise FileNotFoundError(
-                    f"no checkpoint of step {step} in {path}; steps: {sorted(available)}"
-                )
-            state = ckpt.restore_state(manager, t.abstract_with_shardings(), step)
-        variables = {"params": state.params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
-        return t, variables, int(step)
-    if step is not None:
-        raise ValueError(f"--step {step} given but {path} is a variables checkpoint (no steps)")
-    if not os.listdir(path):
-        raise FileNotFoundError(f"checkpoint directory {path} is empty (no steps, no variables)")
-    loaded = ckpt.load_variables(path)
-    if "params" not in loaded:
-        raise ValueError(f"checkpoint {path} holds no 'params' (keys: {sorted(loaded)})")
-    variables = {"params": jax.device_put(loaded["params"], t.state_shardings.params)}
-    if loaded.get("batch_stats"):
-        variables["batch_stats"] = jax.device_put(
-            loaded["batch_stats"], t.state_shardings.batch_stats
-        )
-    return t, variables, None

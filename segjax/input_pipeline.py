@@ -5,8 +5,8 @@ function of ``(seed, epoch)`` (a fixed-seed shuffle per epoch) and the augmentat
 example a pure function of ``(seed, its position in the stream)``, so a run resumed at step
 ``s`` sees exactly the batches an uninterrupted run would have seen.
 
-Evaluation: full-resolution images padded to ``config.eval.pad_size`` (image → mean, mask →
-255), the stream padded with all-ignore examples so that every process runs the same number of
+Evaluation: full-resolution images padded to ``config.data.eval_pad_size`` (image → mean, mask
+→ 255), the stream padded with all-ignore examples so that every process runs the same number of
 batches; every real pixel is counted exactly once and padding never.
 """
 
@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from segjax import augment
-from segjax.data.base import IGNORE_INDEX, Source
+from segjax.data.base import Source
+from segjax.metrics import IGNORE_INDEX
 
 
 def _check_labels(ex: dict, num_classes: int) -> dict:
@@ -105,7 +106,7 @@ def train_iterator(
         example_seed = tf.stack(
             [tf.constant(seed, tf.int64), counter * process_count + process_index]
         )
-        image, mask = augment.train_transform_fast(
+        image, mask = augment.train_transform(
             ex["image"],
             ex["mask"],
             example_seed,

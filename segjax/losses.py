@@ -4,10 +4,14 @@ Ignored pixels are removed with ``jnp.where`` (never by multiplying a possibly n
 value by zero), and means are taken over valid pixels only.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
 
-IGNORE_INDEX = 255
+from segjax.metrics import IGNORE_INDEX
 
 
 def cross_entropy(
@@ -35,7 +39,6 @@ def cross_entropy(
       and the number of valid pixels.
     """
     logits = logits.astype(jnp.float32)
-    num_classes = logits.shape[-1]
     valid = labels != ignore_index
     safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
@@ -51,7 +54,6 @@ def cross_entropy(
     total = jnp.sum(jnp.where(valid, nll * w, 0.0))
     norm = jnp.sum(w)
     loss = jnp.where(norm > 0, total / jnp.where(norm > 0, norm, 1.0), 0.0)
-    del num_classes
     return loss, jnp.sum(valid)
 
 
@@ -93,9 +95,6 @@ def unet_weight_map(
     Raises:
       ValueError: shapes differ, or a class id has no entry in ``class_weights``.
     """
-    import numpy as np
-    from scipy import ndimage
-
     instance_mask = np.asarray(instance_mask)
     if class_mask is None:
         class_mask = (instance_mask != background).astype(np.int64)
@@ -106,7 +105,8 @@ def unet_weight_map(
             f"shape, got {instance_mask.shape} and {class_mask.shape}"
         )
     if instance_mask.ndim == 3:
-        kwargs = dict(
+        per_image = functools.partial(
+            unet_weight_map,
             w0=w0,
             sigma=sigma,
             class_weights=class_weights,
@@ -114,11 +114,22 @@ def unet_weight_map(
             ignore_index=ignore_index,
             border_on_background_only=border_on_background_only,
         )
-        return np.stack(
-            [unet_weight_map(i, c, **kwargs) for i, c in zip(instance_mask, class_mask)]
-        )
+        return np.stack([per_image(i, c) for i, c in zip(instance_mask, class_mask)])
 
     valid = class_mask != ignore_index
+    weights = _class_weight_map(class_mask, valid, class_weights)
+    ids = np.unique(instance_mask)
+    ids = ids[ids != background]
+    if ids.size >= 2 and w0:
+        border = _border_weight_map(instance_mask, ids, w0, sigma)
+        if border_on_background_only:
+            border = np.where(instance_mask == background, border, 0.0)
+        weights = weights + np.where(valid, border, 0.0)
+    return weights.astype(np.float32)
+
+
+def _class_weight_map(class_mask: np.ndarray, valid: np.ndarray, class_weights) -> np.ndarray:
+    """``w_c`` of :func:`unet_weight_map` per pixel (float64; 0 on ignored pixels)."""
     weights = np.zeros(class_mask.shape, np.float64)
     present, counts = np.unique(class_mask[valid], return_counts=True)
     if class_weights is not None:
@@ -133,19 +144,19 @@ def unet_weight_map(
         per_class = valid.sum() / (present.size * counts)
         lookup = dict(zip(present.tolist(), per_class.tolist()))
         weights[valid] = np.vectorize(lookup.__getitem__, otypes=[np.float64])(class_mask[valid])
+    return weights
 
-    ids = np.unique(instance_mask)
-    ids = ids[ids != background]
-    if ids.size >= 2 and w0:
-        d1 = np.full(instance_mask.shape, np.inf)
-        d2 = np.full(instance_mask.shape, np.inf)
-        for k in ids:
-            # Euclidean distance of every pixel to the nearest pixel of instance k.
-            d = ndimage.distance_transform_edt(instance_mask != k)
-            d2 = np.minimum(d2, np.maximum(d1, d))
-            d1 = np.minimum(d1, d)
-        border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
-        if border_on_background_only:
-            border = np.where(instance_mask == background, border, 0.0)
-        weights = weights + np.where(valid, border, 0.0)
-    return weights.astype(np.float32)
+
+def _border_weight_map(
+    instance_mask: np.ndarray, ids: np.ndarray, w0: float, sigma: float
+) -> np.ndarray:
+    """The border term ``w0 · exp(−(d1 + d2)² / (2σ²))`` of :func:`unet_weight_map` for the
+    instances ``ids`` (at least two), float64."""
+    d1 = np.full(instance_mask.shape, np.inf)
+    d2 = np.full(instance_mask.shape, np.inf)
+    for k in ids:
+        # Euclidean distance of every pixel to the nearest pixel of instance k.
+        d = ndimage.distance_transform_edt(instance_mask != k)
+        d2 = np.minimum(d2, np.maximum(d1, d))
+        d1 = np.minimum(d1, d)
+    return w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))

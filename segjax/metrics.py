@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The ignore label of masks everywhere (padding, losses, metrics, datasets). Its one home is
+# here, the lowest module: segjax.data, augment and losses import it from metrics.
 IGNORE_INDEX = 255
 
 

@@ -15,34 +15,24 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import sys  # noqa: E402
 import types  # noqa: E402
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
+from segjax import cli, inference, logs, ops  # noqa: E402
+from segjax.data import base, cityscapes, image_io  # noqa: E402
 
-def _define_flags():
-    """The command-line flags (defined only when run as a program, so the module can be
-    imported next to other segjax tools)."""
-    config = config_flags.DEFINE_config_file(
-        "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
-    )
-    workdir = flags.DEFINE_string("workdir", None, "Run directory (checkpoints/ inside it).")
-    checkpoint = flags.DEFINE_string(
-        "checkpoint", None, "A checkpoints/ directory or a variables checkpoint."
-    )
-    step = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-    output = flags.DEFINE_string("output", None, "Output directory.")
-    mode = flags.DEFINE_enum("mode", "whole", ["whole", "slide", "tile"], "Inference strategy.")
-    crop = flags.DEFINE_list("crop", None, "Sliding-window crop h,w (default: data.crop_size).")
-    stride = flags.DEFINE_list("stride", None, "Sliding-window stride h,w (default: 2/3 of crop).")
-    tile_batch = flags.DEFINE_integer("tile_batch", 4, "Tile positions per model call.")
-    tile_size = flags.DEFINE_integer("tile_size", 388, "Overlap-tile output side (--mode tile).")
-    scales = flags.DEFINE_string("scales", "1.0", "Comma-separated test-time scales.")
-    flip = flags.DEFINE_bool("flip", False, "Add horizontally flipped predictions.")
-    crf = flags.DEFINE_bool("crf", False, "Refine with the dense CRF (segjax.crf).")
-    alpha = flags.DEFINE_float("alpha", 0.5, "Opacity of the colour map in the overlay.")
-    return types.SimpleNamespace(**locals())
+_FLAGS = types.SimpleNamespace(
+    **vars(cli.define_run_flags()),
+    **vars(cli.define_checkpoint_flags()),
+    **vars(cli.define_inference_flags()),
+    alpha=flags.DEFINE_float("alpha", 0.5, "Opacity of the colour map in the overlay."),
+)
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -54,15 +44,13 @@ def collect_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]
     Returns:
       ``(items, missing)``: the images and the inputs that do not exist.
     """
-    from segjax.data import image_io
-
     items, missing = [], []
     for given in inputs:
         if os.path.isdir(given):
-            base = os.path.basename(os.path.normpath(given))
+            folder = os.path.basename(os.path.normpath(given))
             for rel in image_io.find_files(given, image_io.IMAGE_EXTENSIONS):
                 items.append(
-                    (os.path.join(given, rel), os.path.join(base, os.path.splitext(rel)[0]))
+                    (os.path.join(given, rel), os.path.join(folder, os.path.splitext(rel)[0]))
                 )
         elif os.path.isfile(given):
             items.append((given, os.path.splitext(os.path.basename(given))[0]))
@@ -74,25 +62,16 @@ def collect_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]
 def palette_for(config) -> list[tuple[int, int, int]]:
     """Colours of the config's classes, without preparing the dataset: ``config.data.palette``
     when the config has one, the dataset's fixed palette (Cityscapes), else the VOC colour map."""
-    from segjax.data import base
-
     num_classes = config.model.num_classes
     if "palette" in config.data and config.data.palette:
         return [tuple(int(c) for c in rgb) for rgb in config.data.palette]
     if config.data.name == "cityscapes":
-        from segjax.data import cityscapes
-
         return [tuple(c) for c in cityscapes.PALETTE]
     return list(base.default_palette(num_classes))
 
 
 def write_outputs(image, labels, palette, stem_path: str, alpha: float = 0.5) -> list[str]:
     """Writes ``<stem>_labels.png``, ``<stem>_colour.png`` and ``<stem>_overlay.png``."""
-    import numpy as np
-    from PIL import Image
-
-    from segjax import logs
-
     os.makedirs(os.path.dirname(stem_path) or ".", exist_ok=True)
     colour = logs.colorize(labels, palette)
     overlay = (1 - alpha) * image.astype(np.float32) + alpha * colour.astype(np.float32)
@@ -120,22 +99,12 @@ def predict_files(
       ``(written, failures)``: the written paths and one ``"path: reason"`` per input that
       could not be processed.
     """
-    import sys
-
-    import jax
-    import numpy as np
-    from tqdm import tqdm
-
-    from segjax import inference, trainer
-    from segjax.data import image_io
-
     options = options or inference.InferenceOptions()
     mean = np.asarray(config.data.mean, np.float32)
     std = np.asarray(config.data.std, np.float32)
     predictor = inference.make_predictor(model, options, mean=tuple(mean), std=tuple(std))
-    labels_fn = jax.jit(
-        lambda v, x: jax.numpy.argmax(predictor(v, x), axis=-1).astype("uint8"),
-        compiler_options=trainer.compiler_options(config.cpu_scheduler),
+    labels_fn = ops.jit(
+        lambda v, x: jax.numpy.argmax(predictor(v, x), axis=-1).astype("uint8"), config
     )
     # One image at a time: the whole model on one device (no replicated work on the others).
     variables = jax.device_put(jax.device_get(variables), jax.local_devices()[0])
@@ -158,43 +127,22 @@ def predict_files(
 
 
 def main(argv):
+    """``python -m segjax.predict``: see the module docstring."""
     f = _FLAGS
-    from segjax import cli
-
-    config = cli.require_config(f.config.value, "--config")
+    config = cli.require_config(f.config.value)
     inputs = argv[1:]
     if not inputs:
         cli.fail("no inputs: give image files or folders after the flags")
-    if not f.workdir.value and not f.checkpoint.value:
-        cli.fail("give --workdir (its checkpoints/) or --checkpoint DIR")
-    if not f.output.value:
-        cli.fail("--output is required")
-    output = cli.require_workdir(f.output.value)
+    cli.require_checkpoint_source(f)
+    output = cli.require_output(f)
     cli.setup_runtime()
-    from segjax import inference
-
     with cli.clean_errors():
-        options = inference.options_for(
-            config,
-            mode=f.mode.value,
-            crop=f.crop.value,
-            stride=f.stride.value,
-            tile_batch=f.tile_batch.value,
-            tile_size=f.tile_size.value,
-            scales=f.scales.value,
-            flip=f.flip.value,
-            crf=f.crf.value,
-        )
-        trainer, variables, _ = inference.load_variables(
-            config,
-            workdir=f.workdir.value,
-            checkpoint_dir=f.checkpoint.value,
-            step=f.step.value,
-        )
+        options = cli.inference_options(config, f)
+        restored = cli.load_model(config, f)
         written, failures = predict_files(
             config,
-            variables,
-            trainer.model,
+            restored.variables,
+            restored.model,
             inputs,
             output,
             options=options,
@@ -206,5 +154,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _FLAGS = _define_flags()
-    app.run(main, flags_parser=lambda argv: __import__("segjax.cli").cli.parse_flags(argv))
+    cli.run_tool(main)

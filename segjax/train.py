@@ -9,34 +9,26 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import types  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (optionally file.py:arg).", lock_config=True
+from segjax import cli, trainer  # noqa: E402
+
+_FLAGS = types.SimpleNamespace(
+    **vars(cli.define_run_flags()), **vars(cli.define_multiprocess_flags())
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", "", "Multi-process: address of process 0 (host:port)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-process: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: index of this process.")
 
 
 def main(argv):
-    from segjax import cli
-
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = cli.require_config(_CONFIG.value, "--config")
-    workdir = cli.require_workdir(_WORKDIR.value)
-    cli.configure_host_devices(config, _NUM_PROCESSES.value)
-    cli.setup_runtime(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    from segjax import trainer
-
+    """``python -m segjax.train``: see the module docstring."""
+    f = _FLAGS
+    cli.require_no_arguments(argv)
+    config = cli.require_config(f.config.value)
+    workdir = cli.require_workdir(f.workdir.value)
+    cli.configure_host_devices(config, f.num_processes.value)
+    cli.setup_runtime(f.coordinator.value, f.num_processes.value, f.process_id.value)
     with cli.clean_errors():
         trainer.run(config, workdir)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=lambda argv: __import__("segjax.cli").cli.parse_flags(argv))
+    cli.run_tool(main)

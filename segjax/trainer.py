@@ -4,13 +4,16 @@ Start-up order (as big_vision): mesh → data → model/optimizer → ``jax.eval
 state → shardings → ``jit(init, out_shardings)`` or restore → ``jit(step, donate state)``.
 """
 
+import dataclasses
 import functools
 import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
+import einops
 import flax
 import flax.linen as nn
 import jax
@@ -19,9 +22,19 @@ import ml_collections
 import numpy as np
 import optax
 
-from segjax import checkpoint, input_pipeline, logs, losses, metrics, models, optim, sharding
+from segjax import (
+    checkpoint,
+    inference,
+    input_pipeline,
+    logs,
+    losses,
+    metrics,
+    models,
+    ops,
+    optim,
+    sharding,
+)
 from segjax import data as data_lib
-from segjax.models import layers
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -119,10 +132,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     grad_fn = jax.value_and_grad(functools.partial(_loss_fn, model, config), has_aux=True)
 
     def step_fn(state: TrainState, batch):
-        with conv_path(config.conv_backward):
-            return _step(state, batch)
-
-    def _step(state: TrainState, batch):
         rng = jax.random.fold_in(base_rng, state.step)
         images, labels = batch["image"], batch["mask"]
         if accum == 1:
@@ -133,8 +142,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             b = images.shape[0]
             if b % accum:
                 raise ValueError(f"batch {b} not divisible by grad_accum_steps={accum}")
-            # [B] → [B/k, k] keeps every device's rows spread over all micro-batches.
-            split = lambda x: jnp.moveaxis(x.reshape((b // accum, accum) + x.shape[1:]), 1, 0)
+            # Row r goes to micro-batch r % k, so every device's rows are spread over all of them.
+            split = lambda x: einops.rearrange(x, "(b k) ... -> k b ...", k=accum)
             micro = (split(images), split(labels))
 
             def body(carry, xs):
@@ -174,51 +183,150 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     return step_fn
 
 
-def conv_path(choice: str = "auto"):
-    """Context in which traced ``nn.Conv`` layers take the path ``config.conv_backward`` names."""
-    if choice not in ("auto", "taps", "xla"):
-        raise ValueError(f"config.conv_backward={choice!r}: expected 'auto', 'taps' or 'xla'")
-    return layers.fast_conv_backward(enabled=None if choice == "auto" else choice == "taps")
+def variables_of(state: TrainState) -> dict:
+    """The model variables (``params`` and, for models with BatchNorm, ``batch_stats``)."""
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
 
 
-_CPU_SCHEDULERS = {
-    "memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
-    "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
-    "xla": None,
-}
+def abstract_variables(model: nn.Module, config: ml_collections.ConfigDict, mesh) -> dict:
+    """The model's variables as ``jax.ShapeDtypeStruct`` with training's shardings on ``mesh``:
+    the restore target for inference (no optimiser is built)."""
+    abstract = jax.eval_shape(
+        functools.partial(init_variables, model, config), jax.random.key(config.seed)
+    )
+    shardings = sharding.state_shardings(
+        abstract, mesh, config.mesh.rules, config.mesh.min_shard_size
+    )
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
 
 
-def compiler_options(cpu_scheduler: str = "memory") -> dict[str, str] | None:
-    """``jax.jit(compiler_options=...)`` for ``config.cpu_scheduler`` on the current backend.
+@dataclasses.dataclass
+class InferenceModel:
+    """A model restored for inference: the module, its variables on ``mesh``, and the step of
+    the train-state checkpoint they came from (None for a variables checkpoint)."""
 
-    XLA:CPU's default, concurrency-optimised schedule lets independent ops (the weight-gradient
-    matmuls of a backward pass) run at the same time on the same cores, each with its own thread
-    pool share; measured on 2 cores, the memory-optimised schedule made ResNet-50 segmentation
-    train steps 15–20 % faster and their peak memory ~15 % smaller (docs/PERFORMANCE.md).
+    model: nn.Module
+    variables: dict
+    step: int | None
+    mesh: Any
+
+
+def load_for_inference(
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str | None = None,
+    checkpoint_dir: str | None = None,
+    step: int | None = None,
+    mesh=None,
+) -> InferenceModel:
+    """The model of ``config`` with variables restored from ``checkpoint_dir`` (a train-state
+    ``checkpoints/`` directory or a variables checkpoint) or, without it, from ``workdir``'s
+    checkpoints; the latest step unless ``step`` is given. Only the variables are read
+    (:func:`segjax.checkpoint.restore_variables`): no optimiser or train step is built.
+
+    Raises:
+      ValueError: neither ``workdir`` nor ``checkpoint_dir``.
+      FileNotFoundError, checkpoint.CheckpointMismatchError: see ``restore_variables``.
     """
-    if cpu_scheduler not in _CPU_SCHEDULERS:
-        raise ValueError(
-            f"config.cpu_scheduler={cpu_scheduler!r}: expected one of {sorted(_CPU_SCHEDULERS)}"
-        )
-    value = _CPU_SCHEDULERS[cpu_scheduler]
-    if value is None or jax.default_backend() != "cpu":
-        return None
-    return {"xla_cpu_scheduler_type": value}
+    if checkpoint_dir is None:
+        if not workdir:
+            raise ValueError("load_for_inference: give workdir or checkpoint_dir")
+        checkpoint_dir = os.path.join(workdir, "checkpoints")
+    mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+    model = create_model(config)
+    target = abstract_variables(model, config, mesh)
+    variables, step = checkpoint.restore_variables(target, checkpoint_dir, step)
+    return InferenceModel(model, variables, step, mesh)
 
 
-def make_eval_step(model: nn.Module, num_classes: int, conv_backward: str = "auto"):
-    """``(state, batch) → (confusion matrix [C, C], predictions [B, H, W])`` (pure)."""
+def make_eval_step(
+    model: nn.Module, num_classes: int, options=None, *, mean=None, std=None
+) -> Callable:
+    """``(variables, batch) → (confusion matrix [C, C], predictions [B, H, W], num_valid)``.
 
-    def eval_fn(state: TrainState, batch):
-        variables = {"params": state.params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
-        with conv_path(conv_backward):
-            logits = model.apply(variables, batch["image"], train=False)["out"]
-        preds = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        return metrics.confusion_matrix(batch["mask"], preds, num_classes), preds
+    Pure; predictions follow ``options`` (:class:`segjax.inference.InferenceOptions`, default
+    whole-image). Rows of padding examples (``batch["valid"]`` false) count nowhere.
+    """
+    predictor = inference.make_predictor(
+        model, options or inference.InferenceOptions(), mean=mean, std=std
+    )
+
+    def eval_fn(variables, batch):
+        scores = predictor(variables, batch["image"])
+        preds = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+        valid = batch["valid"]
+        # Padding examples are all-ignore already; the mask makes this explicit.
+        labels = jnp.where(valid[:, None, None], batch["mask"], metrics.IGNORE_INDEX)
+        return metrics.confusion_matrix(labels, preds, num_classes), preds, valid.sum()
 
     return eval_fn
+
+
+def compile_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh, options=None):
+    """The jitted :func:`make_eval_step` of ``config`` — the one used by in-training evaluation
+    and by ``segjax.evaluate``, so both trace the same convolution path (:func:`segjax.ops.jit`)."""
+    step = make_eval_step(
+        model,
+        config.model.num_classes,
+        options,
+        mean=tuple(config.data.mean),
+        std=tuple(config.data.std),
+    )
+    repl = sharding.replicated(mesh)
+    return ops.jit(step, config, out_shardings=(repl, sharding.batch_sharding(mesh), repl))
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """What :func:`evaluate` returns.
+
+    Attributes:
+      confusion_matrix: int64 ``[C, C]`` summed over every process's images.
+      num_images: real (not padding) images counted, over all processes.
+      examples: up to ``keep_preds`` local ``(image, mask, prediction)`` triples.
+    """
+
+    confusion_matrix: np.ndarray
+    num_images: int
+    examples: list
+
+
+def _local_rows(array: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in batch order."""
+    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def evaluate(eval_step, variables, stream, mesh, keep_preds: int = 0) -> EvalResult:
+    """Runs ``eval_step`` (:func:`compile_eval_step`) over every batch of ``stream``.
+
+    The one evaluation loop, used by training and by ``segjax.evaluate``. Every process feeds
+    its part of the split (:func:`segjax.input_pipeline.eval_stream`, padded and masked), so each
+    image is counted exactly once on any number of hosts.
+    """
+    num_classes = None
+    cm, count, kept = None, 0, []
+    for batch in stream:
+        step_cm, preds, n = eval_step(variables, sharding.host_to_global(dict(batch), mesh))
+        step_cm = np.asarray(jax.device_get(step_cm), np.int64)
+        if num_classes is None:
+            num_classes = step_cm.shape[0]
+            cm = np.zeros_like(step_cm)
+        cm += step_cm
+        count += int(jax.device_get(n))
+        if len(kept) < keep_preds:
+            local = _local_rows(preds)
+            for i in range(min(keep_preds - len(kept), len(local))):
+                if batch["valid"][i]:
+                    kept.append((batch["image"][i], batch["mask"][i], local[i]))
+    if cm is None:
+        raise ValueError("evaluate: the evaluation stream is empty")
+    return EvalResult(cm, count, kept)
 
 
 class Trainer:
@@ -237,22 +345,14 @@ class Trainer:
         )
         self._init = jax.jit(init_fn, out_shardings=self.state_shardings)
         self._rng = rng
-        batch_sh = sharding.batch_sharding(self.mesh)
-        repl = sharding.replicated(self.mesh)
-        options = compiler_options(config.cpu_scheduler)
-        self.train_step = jax.jit(
+        self.train_step = ops.jit(
             make_train_step(self.model, self.tx, self.schedule, config),
-            in_shardings=(self.state_shardings, batch_sh),
-            out_shardings=(self.state_shardings, repl),
+            config,
+            in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
             donate_argnums=0,
-            compiler_options=options,
         )
-        self.eval_step = jax.jit(
-            make_eval_step(self.model, config.model.num_classes, config.conv_backward),
-            in_shardings=(self.state_shardings, batch_sh),
-            out_shardings=(repl, batch_sh),
-            compiler_options=options,
-        )
+        self.eval_step = compile_eval_step(self.model, config, self.mesh)
 
     def init_state(self) -> TrainState:
         """A freshly initialised, sharded state (optionally starting from ``init_from``)."""
@@ -262,7 +362,7 @@ class Trainer:
         return state
 
     def _load_pretrained(self, state: TrainState) -> TrainState:
-        pretrained = checkpoint.load_variables(self.config.init_from)
+        pretrained = checkpoint.read_weights(self.config.init_from)
         if "params" not in pretrained:
             raise ValueError(
                 f"init_from {self.config.init_from!r} holds no 'params' "
@@ -290,29 +390,9 @@ class Trainer:
             self.state_shardings,
         )
 
-    def evaluate(self, state: TrainState, stream: input_pipeline.EvalStream, keep_preds: int = 0):
-        """Confusion matrix (int64, summed over every process's images) and, when asked, the
-        first ``keep_preds`` local (image, mask, prediction) triples for visualisation."""
-        num_classes = self.config.model.num_classes
-        cm = np.zeros((num_classes, num_classes), np.int64)
-        vis = []
-        for batch in stream:
-            host = {"image": batch["image"], "mask": batch["mask"]}
-            step_cm, preds = self.eval_step(state, sharding.host_to_global(host, self.mesh))
-            cm += np.asarray(jax.device_get(step_cm), np.int64)
-            if len(vis) < keep_preds:
-                local = np.concatenate(
-                    [
-                        np.asarray(s.data)
-                        for s in sorted(
-                            preds.addressable_shards, key=lambda s: s.index[0].start or 0
-                        )
-                    ]
-                )
-                for i in range(min(keep_preds - len(vis), len(local))):
-                    if batch["valid"][i]:
-                        vis.append((batch["image"][i], batch["mask"][i], local[i]))
-        return cm, vis
+    def evaluate(self, state: TrainState, stream, keep_preds: int = 0) -> EvalResult:
+        """:func:`evaluate` of ``state``'s variables with this run's compiled eval step."""
+        return evaluate(self.eval_step, variables_of(state), stream, self.mesh, keep_preds)
 
 
 class _StopSignal:
@@ -357,133 +437,177 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run of ``config`` in ``workdir`` and evaluates it.
 
     Returns:
-      The last evaluation summary (see :func:`segjax.metrics.summarize`), with ``step``.
+      The last evaluation summary (see :func:`segjax.metrics.summarize`), with ``step``; or
+      ``{"step": s, "preempted": True}`` when SIGTERM stopped the run (checkpoint saved).
 
     Raises:
       NonFiniteError: more non-finite updates than ``train.max_nonfinite_skips``.
+      checkpoint.CheckpointMismatchError: the workdir's checkpoint does not fit the model.
     """
-    is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     source = data_lib.get_source(config.data)
-    info = source.info
-    if info.num_classes != config.model.num_classes:
+    if source.info.num_classes != config.model.num_classes:
         raise ValueError(
             f"config.model.num_classes={config.model.num_classes} but dataset "
-            f"{info.name!r} has {info.num_classes} classes"
+            f"{source.info.name!r} has {source.info.num_classes} classes"
         )
-    trainer = Trainer(config)
-    logger = logs.MetricLogger(workdir, enabled=is_main)
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
-    num_steps = int(config.train.num_steps)
-    latest = manager.latest_step()
-    if latest is not None:
-        state = checkpoint.restore_state(manager, trainer.abstract_with_shardings(), latest)
-        logs.info(f"resumed from {manager.directory} at step {latest}")
-    else:
-        state = trainer.init_state()
-    start = int(jax.device_get(state.step))
-    eval_stream = input_pipeline.eval_stream(
-        source,
-        config,
-        config.data.eval_split,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    split = config.data.eval_split
+    training = _TrainingRun(config, workdir, source)
+    try:
+        return training.execute()
+    finally:
+        # Always: an error must not leave Orbax's async save threads running into shutdown.
+        training.close()
 
-    def do_eval(step):
+
+class _TrainingRun:
+    """The state of one :func:`run`: trainer, checkpoints, logs, evaluation stream."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, source):
+        self.config, self.workdir, self.info = config, workdir, source.info
+        self.is_main = jax.process_index() == 0
+        self.trainer = Trainer(config)
+        self.logger = logs.MetricLogger(workdir, enabled=self.is_main)
+        self.manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
+        self.source = source
+        self.split = config.data.eval_split
+        self.eval_stream = input_pipeline.eval_stream(
+            source,
+            config,
+            self.split,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
+    def close(self) -> None:
+        """Waits for pending checkpoint writes and closes the checkpoint manager and logs."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+        self.logger.close()
+
+    def restore_or_init(self) -> TrainState:
+        """The latest checkpoint of the workdir onto this mesh, or a fresh state."""
+        latest = self.manager.latest_step()
+        if latest is None:
+            return self.trainer.init_state()
+        state = checkpoint.restore_state(
+            self.manager, self.trainer.abstract_with_shardings(), latest
+        )
+        logs.info(f"resumed from {self.manager.directory} at step {latest}")
+        return state
+
+    def evaluate(self, state: TrainState, step: int) -> dict:
+        """Evaluates ``state`` on the eval split; logs metrics, images and a summary line."""
         t0 = time.time()
-        cm, vis = trainer.evaluate(state, eval_stream, keep_preds=config.train.num_vis_images)
-        summary = metrics.summarize(cm)
-        logger.write(step, summary, split=split)
-        logger.images(step, vis, info, config.data.mean, config.data.std)
+        result = self.trainer.evaluate(
+            state, self.eval_stream, keep_preds=self.config.train.num_vis_images
+        )
+        summary = metrics.summarize(result.confusion_matrix)
+        self.logger.write(step, summary, split=self.split)
+        self.logger.images(
+            step, result.examples, self.info, self.config.data.mean, self.config.data.std
+        )
         logs.info(
-            f"eval {split} at step {step}: mIoU {100 * summary['miou']:.2f} "
+            f"eval {self.split} at step {step}: mIoU {100 * summary['miou']:.2f} "
             f"pixel acc {100 * summary['pixel_accuracy']:.2f} ({time.time() - t0:.1f}s)"
         )
         return summary
 
-    if start >= num_steps:
+    def execute(self) -> dict:
+        """Restores or initialises, trains to ``train.num_steps``, evaluates; see :func:`run`."""
+        num_steps = int(self.config.train.num_steps)
+        state = self.restore_or_init()
+        if self.is_main:  # after the restore: a checkpoint that does not fit keeps its config
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                f.write(self.config.to_json_best_effort(indent=2))
+        start = int(jax.device_get(state.step))
+        if start >= num_steps:
+            logs.info(
+                f"run in {self.workdir} already finished at step {start} "
+                f"(train.num_steps={num_steps}); nothing to do. Delete the workdir to start "
+                "over or raise --config.train.num_steps."
+            )
+            last = self.logger.last_eval(self.split)
+            return last if last is not None else dict(self.evaluate(state, start), step=start)
+        train_start = time.time()
+        state, step, preempted = self.train(state, start, num_steps)
+        if preempted:
+            logs.info(f"stopped by SIGTERM at step {step}; checkpoint saved, rerun to resume")
+            return {"step": step, "preempted": True}
+        seconds = time.time() - train_start
         logs.info(
-            f"run in {workdir} already finished at step {start} (train.num_steps={num_steps}); "
-            "nothing to do. Delete the workdir to start over or raise --config.train.num_steps."
+            f"trained steps {start + 1}..{step} in {int(seconds // 60)}m{seconds % 60:04.1f}s "
+            "(wall time: compilation, periodic evaluations and checkpoints included)"
         )
-        last = logger.last_eval(split)
-        manager.close()
-        return last if last is not None else dict(do_eval(start), step=start)
+        summary = self.evaluate(state, step)
+        if self.is_main:
+            print(metrics.format_table(summary, self.info.class_names), flush=True)
+        return dict(summary, step=step)
 
-    batches = input_pipeline.train_iterator(
-        source,
-        config,
-        start_step=start,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    progress = logs.Progress(start, num_steps, config.train.batch_size)
-    pending = []
-    summary = None
-    last_checked, nonfinite_seen = start, int(jax.device_get(state.nonfinite))
-    step = start
-    train_start = time.time()
-    with _StopSignal() as stop:
-        while step < num_steps:
-            batch = sharding.host_to_global(next(batches), trainer.mesh)
-            state, step_metrics = trainer.train_step(state, batch)
-            step += 1
-            pending.append(step_metrics)
-            at_log = step % config.train.log_every == 0 or step == num_steps
-            if at_log:
-                fetched = jax.device_get(pending)
-                pending = []
-                nonfinite = int(jax.device_get(state.nonfinite))
-                if nonfinite > config.train.max_nonfinite_skips:
-                    manager.wait_until_finished()
-                    raise NonFiniteError(
-                        f"non-finite loss or gradient in steps {last_checked + 1}..{step} "
-                        f"({nonfinite} skipped updates in total, allowed "
-                        f"train.max_nonfinite_skips={config.train.max_nonfinite_skips}); the "
-                        "updates were skipped and the last checkpoint is intact"
-                    )
-                if nonfinite > nonfinite_seen:
-                    logs.info(
-                        f"skipped {nonfinite - nonfinite_seen} non-finite update(s) in steps "
-                        f"{last_checked + 1}..{step}"
-                    )
-                nonfinite_seen, last_checked = nonfinite, step
-                losses_ = [float(m["loss"]) for m in fetched]
-                finite = [v for v in losses_ if math.isfinite(v)]
-                row = {
-                    "loss": float(np.mean(finite)) if finite else float("nan"),
-                    "grad_norm": float(fetched[-1]["grad_norm"]),
-                    "learning_rate": float(fetched[-1]["learning_rate"]),
-                }
-                row.update(progress.update(step))
-                logger.write(step, row)
-                logs.info(progress.line(step, row["loss"]))
-            if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
-                summary = do_eval(step)
-            saved = step % config.train.checkpoint_every == 0 or step == num_steps
-            if saved:
-                checkpoint.save_state(manager, step, state)
-            if _preempted(stop, step):
-                if not saved:  # Orbax refuses a second save of the same step
-                    checkpoint.save_state(manager, step, state)
-                manager.wait_until_finished()
-                manager.close()
-                logs.info(f"stopped by SIGTERM at step {step}; checkpoint saved, rerun to resume")
-                return {"step": step, "preempted": True}
-    seconds = time.time() - train_start
-    logs.info(
-        f"trained steps {start + 1}..{step} in {int(seconds // 60)}m{seconds % 60:04.1f}s "
-        "(wall time: compilation, periodic evaluations and checkpoints included)"
-    )
-    summary = do_eval(step)
-    manager.wait_until_finished()
-    manager.close()
-    logger.close()
-    if is_main:
-        print(metrics.format_table(summary, info.class_names), flush=True)
-    return dict(summary, step=step)
+    def train(self, state: TrainState, start: int, num_steps: int):
+        """The training loop from ``start``: ``(state, last step, preempted)``."""
+        cfg = self.config.train
+        batches = input_pipeline.train_iterator(
+            self.source,
+            self.config,
+            start_step=start,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        progress = logs.Progress(start, num_steps, cfg.batch_size)
+        guard = _NonFiniteGuard(start, int(jax.device_get(state.nonfinite)), cfg)
+        pending, step = [], start
+        with _StopSignal() as stop:
+            while step < num_steps:
+                batch = sharding.host_to_global(next(batches), self.trainer.mesh)
+                state, step_metrics = self.trainer.train_step(state, batch)
+                step += 1
+                pending.append(step_metrics)
+                if step % cfg.log_every == 0 or step == num_steps:
+                    guard.check(state, step)
+                    self.log_train(step, jax.device_get(pending), progress)
+                    pending = []
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < num_steps:
+                    self.evaluate(state, step)
+                saved = step % cfg.checkpoint_every == 0 or step == num_steps
+                if saved:
+                    checkpoint.save_state(self.manager, step, state)
+                if _preempted(stop, step):
+                    if not saved:  # Orbax refuses a second save of the same step
+                        checkpoint.save_state(self.manager, step, state)
+                    return state, step, True
+        return state, step, False
+
+    def log_train(self, step: int, fetched: list, progress: logs.Progress) -> None:
+        """Writes the mean finite loss since the last log line, grad norm and learning rate."""
+        losses_ = [float(m["loss"]) for m in fetched]
+        finite = [v for v in losses_ if math.isfinite(v)]
+        row = {
+            "loss": float(np.mean(finite)) if finite else float("nan"),
+            "grad_norm": float(fetched[-1]["grad_norm"]),
+            "learning_rate": float(fetched[-1]["learning_rate"]),
+        }
+        row.update(progress.update(step))
+        self.logger.write(step, row)
+        logs.info(progress.line(step, row["loss"]))
+
+
+class _NonFiniteGuard:
+    """Counts skipped non-finite updates between log steps; stops past the allowed number."""
+
+    def __init__(self, start: int, seen: int, train_config):
+        self.last_checked, self.seen = start, seen
+        self.allowed = int(train_config.max_nonfinite_skips)
+
+    def check(self, state: TrainState, step: int) -> None:
+        """Logs new skips since the last check; raises :class:`NonFiniteError` past the limit."""
+        nonfinite = int(jax.device_get(state.nonfinite))
+        steps = f"{self.last_checked + 1}..{step}"
+        if nonfinite > self.allowed:
+            raise NonFiniteError(
+                f"non-finite loss or gradient in steps {steps} ({nonfinite} skipped updates in "
+                f"total, allowed train.max_nonfinite_skips={self.allowed}); the updates were "
+                "skipped and the last checkpoint is intact"
+            )
+        if nonfinite > self.seen:
+            logs.info(f"skipped {nonfinite - self.seen} non-finite update(s) in steps {steps}")
+        self.seen, self.last_checked = nonfinite, step

@@ -1,4 +1,5 @@
-"""Photometric distortion and the class-balanced (cat_max_ratio) crop, eagerly and in tf.data."""
+"""The training transform (scale, pad, crop, flip, class-balanced crop) and photometric
+distortion, eagerly and in tf.data."""
 
 import numpy as np
 import pytest
@@ -95,78 +96,174 @@ def test_photometric_distortion_inside_tf_data_matches_eager():
         np.testing.assert_allclose(out, eager.numpy(), atol=1e-4)
 
 
-def _dominated_mask(size=32):
-    """Class 1 everywhere except a 6x6 patch of class 2 in the bottom-right corner."""
-    mask = np.ones((size, size), np.uint8)
-    mask[-6:, -6:] = 2
-    mask[0, :] = 255
-    return mask
+IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 
 
-def _ratio(mask):
-    labels = mask[mask != 255]
-    counts = np.bincount(labels)
-    return counts.max() / counts.sum(), np.count_nonzero(counts)
+def _position_image(h, w):
+    """Channels = each pixel's row, column and 0, so a crop's window can be read off it."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return tf.constant(np.stack([yy, xx, yy * 0], -1), tf.float32)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_cat_max_ratio_crop_prefers_mixed_windows(seed):
-    mask_np = _dominated_mask()
-    # The image encodes each pixel's position, so the crop's window can be checked exactly.
-    yy, xx = np.mgrid[0:32, 0:32]
-    image = tf.constant(np.stack([yy, xx, yy * 0], -1), tf.float32)
-    mask = tf.constant(mask_np)
-    out_image, out_mask = augment.crop_cat_max_ratio(
-        image, mask, (12, 12), tf.constant([seed, 1], tf.int64), cat_max_ratio=0.95, max_tries=50
+def _reference_transform(image, mask, seed, crop_size, scale_range, mean, std):
+    """The documented steps one at a time, with the transform's random draws: resize (image
+    bilinear, mask nearest) → pad bottom/right (image mean, mask 255) → crop → flip → normalise."""
+    u = tf.random.stateless_uniform([4], seed=seed).numpy()
+    lo, hi = scale_range
+    image = tf.cast(image, tf.float32)
+    mask = tf.constant(mask)[..., None]
+    if (lo, hi) != (1.0, 1.0):
+        size = tf.cast(tf.shape(mask)[:2], tf.float32) * (lo + (hi - lo) * u[0])
+        size = tf.maximum(tf.cast(tf.round(size), tf.int32), 1)
+        image = tf.image.resize(image, size, method="bilinear")
+        mask = tf.image.resize(mask, size, method="nearest")
+    image, mask = image.numpy(), mask.numpy()[..., 0]
+    pad = [(0, max(c - n, 0)) for c, n in zip(crop_size, mask.shape)]
+    image = np.pad(image - np.float32(mean), pad + [(0, 0)]) + np.float32(mean)
+    mask = np.pad(mask, pad, constant_values=255)
+    y0, x0 = (
+        int(np.floor(np.float32(v) * np.float32(n - c + 1)))
+        for v, n, c in zip(u[1:3], mask.shape, crop_size)
     )
-    y0, x0 = int(out_image[0, 0, 0]), int(out_image[0, 0, 1])
-    np.testing.assert_array_equal(out_mask.numpy(), mask_np[y0 : y0 + 12, x0 : x0 + 12])
-    ratio, present = _ratio(out_mask.numpy())
-    assert present > 1 and ratio < 0.95
-
-
-def test_cat_max_ratio_falls_back_to_last_window():
-    mask = tf.ones((20, 20), tf.uint8)  # one class everywhere: no window qualifies
-    image = tf.zeros((20, 20, 3))
-    _, out = augment.crop_cat_max_ratio(image, mask, (8, 8), tf.constant([0, 0], tf.int64))
-    assert out.shape == (8, 8)
-
-
-def test_cat_max_ratio_one_is_a_plain_crop_and_inside_tf_data():
-    mask_np = _dominated_mask()
-    mask = tf.constant(mask_np)
-    image = tf.zeros((32, 32, 3))
-
-    def crop(i):
-        return augment.crop_cat_max_ratio(
-            image, mask, (12, 12), tf.stack([tf.constant(0, tf.int64), i]), cat_max_ratio=0.9
-        )[1]
-
-    for i, out in enumerate(tf.data.Dataset.range(3).map(crop).as_numpy_iterator()):
-        np.testing.assert_array_equal(out, crop(tf.constant(i, tf.int64)).numpy())
-    seed = tf.constant([0, 0], tf.int64)
-    u = tf.random.stateless_uniform([10, 2], seed=seed)
-    _, plain = augment.crop_cat_max_ratio(image, mask, (12, 12), seed, cat_max_ratio=1.0)
-    _, expected = augment.crop(image, mask, (12, 12), u[0, 0], u[0, 1])
-    np.testing.assert_array_equal(plain.numpy(), expected.numpy())
+    window = (slice(y0, y0 + crop_size[0]), slice(x0, x0 + crop_size[1]))
+    image, mask = image[window], mask[window]
+    if u[3] < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    return (image - np.float32(mean)) / np.float32(std), mask
 
 
 @pytest.mark.parametrize("hw", [(37, 50), (20, 15), (64, 40)])
 @pytest.mark.parametrize("scale_range", [(0.5, 2.0), (1.0, 1.0)])
-def test_fast_train_transform_equals_train_transform(hw, scale_range):
+def test_train_transform_is_scale_pad_crop_flip_normalise(hw, scale_range):
     rng = np.random.default_rng(hw[0])
-    image = tf.constant(rng.integers(0, 256, (*hw, 3)), tf.uint8)
-    mask = tf.constant(rng.integers(0, 5, hw), tf.uint8)
+    image = rng.integers(0, 256, (*hw, 3)).astype(np.uint8)
+    mask = rng.integers(0, 5, hw).astype(np.uint8)
+    flipped = set()
     for i in range(12):
         seed = tf.constant([3, i], tf.int64)
         kw = {"crop_size": (24, 32), "scale_range": scale_range}
-        ref_image, ref_mask = augment.train_transform(image, mask, seed, **kw)
-        image_out, mask_out = augment.train_transform_fast(image, mask, seed, **kw)
-        np.testing.assert_allclose(image_out.numpy(), ref_image.numpy(), atol=1e-3)
-        np.testing.assert_array_equal(mask_out.numpy(), ref_mask.numpy())
+        out_image, out_mask = augment.train_transform(image, mask, seed, **kw)
+        ref_image, ref_mask = _reference_transform(
+            image, mask, seed, mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD, **kw
+        )
+        np.testing.assert_allclose(out_image.numpy(), ref_image, atol=1e-3)
+        np.testing.assert_array_equal(out_mask.numpy(), ref_mask)
+        flipped.add(bool(tf.random.stateless_uniform([4], seed=seed)[3] < 0.5))
+    assert flipped == {True, False}  # both branches were checked
 
 
-def test_fast_transform_keeps_image_and_mask_aligned_with_extras():
+def test_train_transform_pads_image_with_mean_and_mask_with_ignore():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (10, 12, 3)).astype(np.uint8)
+    mask = rng.integers(0, 4, (10, 12)).astype(np.uint8)
+    mean, std = (100.0, 110.0, 120.0), (50.0, 60.0, 70.0)
+    sides = set()
+    for i in range(8):
+        out_image, out_mask = augment.train_transform(
+            image,
+            mask,
+            tf.constant([0, i], tf.int64),
+            crop_size=(16, 16),
+            scale_range=(1.0, 1.0),
+            mean=mean,
+            std=std,
+        )
+        out_image, out_mask = out_image.numpy(), out_mask.numpy()
+        flipped = out_mask[0, 0] == 255  # nothing to crop: padding is right, or left if flipped
+        sides.add(bool(flipped))
+        cols = slice(4, 16) if flipped else slice(0, 12)
+        inside, padding = np.zeros((16, 16), bool), np.ones((16, 16), bool)
+        inside[:10, cols], padding[:10, cols] = True, False
+        assert np.all(out_mask[padding] == 255)
+        np.testing.assert_allclose(out_image[padding], 0.0, atol=1e-5)  # the normalised mean
+        expected = image[:, ::-1] if flipped else image
+        np.testing.assert_array_equal(out_mask[:10, cols], mask[:, ::-1] if flipped else mask)
+        np.testing.assert_allclose(
+            out_image[:10, cols], (expected - np.float32(mean)) / np.float32(std), atol=1e-5
+        )
+    assert sides == {True, False}
+
+
+def test_train_transform_crops_a_window_anywhere():
+    mask_np = np.random.default_rng(0).integers(0, 4, (32, 32)).astype(np.uint8)
+    corners = set()
+    for i in range(16):
+        out_image, out_mask = augment.train_transform(
+            _position_image(32, 32),
+            tf.constant(mask_np),
+            tf.constant([1, i], tf.int64),
+            crop_size=(12, 12),
+            scale_range=(1.0, 1.0),
+            hflip=False,
+            **IDENTITY,
+        )
+        y0, x0 = int(out_image[0, 0, 0]), int(out_image[0, 0, 1])
+        yy, xx = np.mgrid[y0 : y0 + 12, x0 : x0 + 12]
+        np.testing.assert_array_equal(out_image.numpy()[..., :2], np.stack([yy, xx], -1))
+        np.testing.assert_array_equal(out_mask.numpy(), mask_np[y0 : y0 + 12, x0 : x0 + 12])
+        corners.add((y0, x0))
+    assert len(corners) > 8 and all(0 <= c <= 20 for corner in corners for c in corner)
+
+
+def _dominated_mask(size=32):
+    """Class 1 everywhere except a 12x12 block of class 2 in the bottom-right corner."""
+    mask = np.ones((size, size), np.uint8)
+    mask[-12:, -12:] = 2
+    mask[0, :] = 255
+    return mask
+
+
+def _sampled_ratio(mask):
+    """Largest class share and number of classes on every 4th row and column (what the
+    class-balanced crop measures)."""
+    labels = mask[::4, ::4][mask[::4, ::4] != 255]
+    counts = np.bincount(labels)
+    return counts.max() / counts.sum(), np.count_nonzero(counts)
+
+
+def _crop_12(mask, seed, **kw):
+    return augment.train_transform(
+        _position_image(*mask.shape),
+        tf.constant(mask),
+        tf.constant([seed, 1], tf.int64),
+        crop_size=(12, 12),
+        scale_range=(1.0, 1.0),
+        hflip=False,
+        **IDENTITY,
+        **kw,
+    )
+
+
+def test_cat_max_ratio_crop_prefers_mixed_windows():
+    mask = _dominated_mask()
+    changed = 0
+    for seed in range(6):
+        out_image, out_mask = _crop_12(mask, seed, cat_max_ratio=0.95, max_tries=50)
+        y0, x0 = int(out_image[0, 0, 0]), int(out_image[0, 0, 1])
+        np.testing.assert_array_equal(out_mask.numpy(), mask[y0 : y0 + 12, x0 : x0 + 12])
+        ratio, present = _sampled_ratio(out_mask.numpy())
+        assert present > 1 and ratio < 0.95
+        _, plain = _crop_12(mask, seed)
+        changed += not np.array_equal(plain.numpy(), out_mask.numpy())
+    assert changed  # some plain draws were single-class and got re-drawn
+
+
+def test_cat_max_ratio_falls_back_to_the_last_window():
+    _, out = _crop_12(np.ones((20, 20), np.uint8), 0, cat_max_ratio=0.75)  # nothing qualifies
+    assert out.shape == (12, 12)
+
+
+def test_cat_max_ratio_keeps_a_balanced_first_window():
+    # Stripes 4 pixels wide: every window, sampled on every 4th column, holds both classes.
+    mask = np.broadcast_to((np.arange(32) // 4 % 2).astype(np.uint8), (32, 32)).copy()
+    for seed in range(4):
+        balanced = _crop_12(mask, seed, cat_max_ratio=0.75)
+        plain = _crop_12(mask, seed)
+        for a, b in zip(balanced, plain):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_train_transform_keeps_image_and_mask_aligned_with_extras():
     # The mask is derived from the image (class = bright or dark); after the joint geometric
     # ops they must still agree away from edges, whatever photometric does to the colours.
     yy, xx = np.mgrid[0:40, 0:60]
@@ -175,7 +272,7 @@ def test_fast_transform_keeps_image_and_mask_aligned_with_extras():
     mask = tf.constant(bright)
 
     def transform(i):
-        return augment.train_transform_fast(
+        return augment.train_transform(
             image,
             mask,
             tf.stack([tf.constant(1, tf.int64), i]),
@@ -191,19 +288,19 @@ def test_fast_transform_keeps_image_and_mask_aligned_with_extras():
         assert agree > 0.85
         labels = out_mask[valid]
         assert np.bincount(labels).max() / labels.size < 0.75 or len(np.unique(labels)) == 1
-    out_image, _ = augment.train_transform_fast(
+    out_image, _ = augment.train_transform(
         image, mask, tf.constant([0, 0], tf.int64), crop_size=(32, 32), photometric=True
     )
     assert out_image.shape == (32, 32, 3)
 
 
-def test_fast_transform_with_extras_is_a_pure_function_of_the_seed():
+def test_train_transform_with_extras_is_a_pure_function_of_the_seed():
     rng = np.random.default_rng(7)
     image = tf.constant(rng.integers(0, 256, (30, 40, 3)), tf.uint8)
     mask = tf.constant(rng.integers(0, 3, (30, 40)), tf.uint8)
     kw = {"crop_size": (16, 16), "photometric": True, "cat_max_ratio": 0.6, "colour_model": "hsv"}
     runs = [
-        augment.train_transform_fast(image, mask, tf.constant([2, i % 3], tf.int64), **kw)
+        augment.train_transform(image, mask, tf.constant([2, i % 3], tf.int64), **kw)
         for i in range(6)
     ]
     for a, b in zip(runs[:3], runs[3:]):

@@ -1,6 +1,7 @@
 import chex
 import jax
 import numpy as np
+import pytest
 
 from segjax import checkpoint, sharding, trainer
 
@@ -41,7 +42,7 @@ def test_variables_checkpoint_and_merge_report(tmp_path):
         }
     }
     checkpoint.save_variables(str(tmp_path / "w"), pretrained)
-    loaded = checkpoint.load_variables(str(tmp_path / "w"))
+    loaded = checkpoint.read_weights(str(tmp_path / "w"))
     chex.assert_trees_all_equal(loaded, pretrained)
     model_vars = {
         "params": {
@@ -57,3 +58,55 @@ def test_variables_checkpoint_and_merge_report(tmp_path):
     assert report["kept_initial"] == ["params/new/bias"]
     assert report["unused"] == ["params/extra/bias"]
     assert report["shape_mismatch"] == ["params/head/kernel: (1, 1, 4, 21) vs (1, 1, 4, 5)"]
+
+
+def _trained_checkpoint(config, workdir):
+    t = trainer.Trainer(config, mesh=sharding.make_mesh(config.mesh, jax.devices()[:1]))
+    state = t.init_state()
+    manager = checkpoint.make_manager(str(workdir), keep=2)
+    checkpoint.save_state(manager, 3, state)
+    manager.wait_until_finished()
+    manager.close()
+    return t, jax.device_get(state)
+
+
+def test_restore_variables_reads_only_the_model_variables(tiny_config, tmp_path, monkeypatch):
+    t, state = _trained_checkpoint(tiny_config, tmp_path)
+    # No optimiser may be built to restore for inference.
+    monkeypatch.setattr(
+        trainer.optim, "make_optimizer", lambda *a, **k: pytest.fail("optimiser built")
+    )
+    restored = trainer.load_for_inference(tiny_config, workdir=str(tmp_path))
+    assert restored.step == 3 and set(restored.variables) == {"params", "batch_stats"}
+    chex.assert_trees_all_equal(jax.device_get(restored.variables["params"]), state.params)
+    chex.assert_trees_all_equal(
+        jax.device_get(restored.variables["batch_stats"]), state.batch_stats
+    )
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .* steps: \[3\]"):
+        trainer.load_for_inference(tiny_config, workdir=str(tmp_path), step=7)
+    # A variables checkpoint with an extra array the model does not use restores too.
+    extra = {"params": dict(state.params, unused_head={"kernel": np.ones(3, np.float32)})}
+    checkpoint.save_variables(str(tmp_path / "vars"), dict(extra, batch_stats=state.batch_stats))
+    from_vars = trainer.load_for_inference(tiny_config, checkpoint_dir=str(tmp_path / "vars"))
+    assert from_vars.step is None and "unused_head" not in from_vars.variables["params"]
+
+
+def test_checkpoint_of_another_model_is_one_clear_error(tiny_config, tmp_path):
+    _trained_checkpoint(tiny_config, tmp_path)
+    wider = tiny_config.copy_and_resolve_references()
+    wider.model.kwargs.width = 2 * tiny_config.model.kwargs.width
+    t = trainer.Trainer(wider, mesh=sharding.make_mesh(wider.mesh, jax.devices()[:1]))
+    manager = checkpoint.make_manager(str(tmp_path), keep=2)
+    with pytest.raises(checkpoint.CheckpointMismatchError) as info:
+        checkpoint.restore_state(manager, t.abstract_with_shardings())
+    manager.close()
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path) in message and "new --workdir" in message
+    first = next(
+        checkpoint.mismatches(
+            checkpoint.stored_tree(f"{tmp_path}/checkpoints/3/default"), t.abstract_state
+        )
+    )
+    assert first in message and first.startswith("params/")
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="does not fit"):
+        trainer.load_for_inference(wider, workdir=str(tmp_path))

@@ -1,5 +1,6 @@
-"""Every config in configs/ builds: it loads, uses only schema keys, and its model initialises
-(abstractly, with jax.eval_shape, so full-size models cost no compile)."""
+"""Every config in configs/ builds, in every variant it declares and in its ``runlocal`` form: it
+loads, uses only schema keys, and its model initialises (abstractly, with jax.eval_shape, so
+full-size models cost no compile)."""
 
 import importlib.util
 import pathlib
@@ -7,8 +8,8 @@ import pathlib
 import jax
 import pytest
 
-from segjax import optim, trainer
-from segjax.config import base_config
+from segjax import optim, recipes, trainer
+from segjax.config import base_config, parse_arg
 
 CONFIG_DIR = pathlib.Path(__file__).parent.parent / "configs"
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
@@ -31,23 +32,24 @@ def _keys(cfg, prefix=""):
     return out
 
 
-def _variants(module):
-    yield None
-    try:
-        module.get_config("runlocal")
-    except ValueError:
-        return
-    yield "runlocal"
+def _file_variants():
+    """(config file, variant) for every variant a file lists in ``VARIANTS`` (None: it has none)."""
+    for path in CONFIG_FILES:
+        for variant in getattr(_load(path), "VARIANTS", (None,)):
+            yield pytest.param(path, variant, id=path.stem + (f":{variant}" if variant else ""))
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
-def test_config_builds(path):
+@pytest.mark.parametrize("path, variant", _file_variants())
+def test_config_builds(path, variant):
     module = _load(path)
+    command = f"--config configs/{path.name}" + (f":variant={variant}" if variant else "")
     assert module.__doc__ and "python -m segjax.train" in module.__doc__, (
         f"{path.name}: the docstring must show the run command"
     )
+    assert command in module.__doc__, f"{path.name}: the docstring must show {command!r}"
     schema = _keys(base_config())
-    for arg in _variants(module):
+    for extra_arg in (None, "runlocal"):
+        arg = ",".join(a for a in (variant and f"variant={variant}", extra_arg) if a) or None
         config = module.get_config(arg)
         extra = _keys(config) - schema
         assert not extra, f"{path.name}:{arg} adds keys outside the schema: {sorted(extra)}"
@@ -56,11 +58,39 @@ def test_config_builds(path):
         state = jax.eval_shape(trainer.make_init_fn(model, tx, config), jax.random.key(0))
         assert jax.tree.leaves(state.params)
         assert config.train.batch_size % config.train.grad_accum_steps == 0
+        if extra_arg == "runlocal":
+            assert config.data.name == "shapes", f"{path.name}:{arg} must use the shapes data"
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if hasattr(_load(p), "VARIANTS")])
+def test_default_variant_is_listed_first_and_unknown_ones_are_refused(path):
+    module = _load(path)
+    default = module.get_config(None).to_dict()
+    assert default == module.get_config(f"variant={module.VARIANTS[0]}").to_dict()
+    with pytest.raises(ValueError, match="unknown variant='nope'.*" + ", ".join(module.VARIANTS)):
+        module.get_config("variant=nope")
 
 
 def test_parse_arg_rejects_unknown_keys():
-    from segjax.config import parse_arg
-
     assert parse_arg("runlocal,steps=5", runlocal=False, steps=1).steps == 5
     with pytest.raises(ValueError, match="unknown config argument 'stepz'"):
         parse_arg("stepz=5", runlocal=False, steps=1)
+
+
+def test_parse_arg_choices():
+    choices = {"variant": ("r50", "r101")}
+    assert parse_arg(None, variant="r50", choices=choices).variant == "r50"
+    assert parse_arg("variant=r101", variant="r50", choices=choices).variant == "r101"
+    expected = "unknown variant='r18'; this config's variants: r50, r101"
+    with pytest.raises(ValueError, match=expected):
+        parse_arg("variant=r18", variant="r50", choices=choices)
+
+
+def test_runlocal_keeps_the_model_unless_named():
+    c = base_config()
+    c.model.name = "unet"
+    c.model.kwargs.width = 32
+    recipes.runlocal(c, width=4)
+    assert (c.model.name, c.model.kwargs.width, c.train.num_steps) == ("unet", 4, 4)
+    recipes.runlocal(c, model_name="unet_tiny")
+    assert c.model.name == "unet_tiny"

@@ -73,7 +73,7 @@ def test_trimap_mapping(mode, species, breed, expected):
 
 
 def test_pets_source(fake_pets):
-    source = pets.PetsSource(fake_pets, "species")
+    source = pets.source_from_builder(fake_pets, "species")
     assert source.info.splits == {"train": 3, "test": 1}
     assert source.info.class_names == ("background", "cat", "dog")
     train = read_all(source, "train")
@@ -83,7 +83,7 @@ def test_pets_source(fake_pets):
     assert train["pet3_1.jpg"]["image"].shape == (2, 3, 3)
     parts = [read_all(source, "train", i, 3) for i in range(3)]
     assert sorted(k for p in parts for k in p) == sorted(train)
-    assert len(pets.PetsSource(fake_pets, "breeds").info.class_names) == 38
+    assert len(pets.source_from_builder(fake_pets, "breeds").info.class_names) == 38
 
 
 def test_pets_unknown_mode(tmp_path):
@@ -208,3 +208,52 @@ def test_ade20k_missing_prints_instructions(tmp_path):
     with pytest.raises(DataError, match=r"ADEChallengeData2016 not found") as e:
         data.get_source(data_config(tmp_path, name="ade20k"))
     assert ade20k.URL in str(e.value)
+
+
+# --- Truncated or corrupt archives ---
+
+
+def _truncate(path):
+    """Cuts ``path`` to half its size, as an interrupted download leaves it."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    return size // 2
+
+
+def test_ade20k_truncated_zip_is_one_line_naming_it(tmp_path):
+    _ade_fixture(tmp_path / "manual", np.random.default_rng(2))
+    archive = tmp_path / "manual" / ade20k.ARCHIVE
+    size = _truncate(archive)
+    with pytest.raises(DataError) as e:
+        data.get_source(data_config(tmp_path, name="ade20k"))
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"{archive}: archive is truncated or corrupt")
+    assert f"{size:,} bytes" in message and ade20k.URL in message
+
+
+def test_cityscapes_corrupt_zip_is_one_line_naming_it(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with zipfile.ZipFile(manual / cityscapes.LEFT_ZIP, "w") as left:
+        left.writestr("leftImg8bit/train/aachen/readme.txt", "a valid zip")
+    fine = manual / cityscapes.FINE_ZIP
+    fine.write_bytes(b"PK\x03\x04 not really a zip")  # e.g. an HTML error page saved as .zip
+    with pytest.raises(DataError) as e:
+        data.get_source(data_config(tmp_path, name="cityscapes"))
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"{fine}: archive is truncated or corrupt")
+    assert "cityscapes-dataset.com" in message and "delete it and download it again" in message
+
+
+def test_cityscapes_missing_zips_is_one_line_naming_them(tmp_path):
+    (tmp_path / "manual").mkdir()
+    with zipfile.ZipFile(tmp_path / "manual" / cityscapes.LEFT_ZIP, "w") as left:
+        left.writestr("leftImg8bit/train/aachen/readme.txt", "present")
+    with pytest.raises(FileNotFoundError) as e:
+        data.get_source(data_config(tmp_path, name="cityscapes"))
+    message = str(e.value)
+    assert "\n" not in message and cityscapes.FINE_ZIP in message
+    assert cityscapes.LEFT_ZIP not in message and str(tmp_path / "manual") in message

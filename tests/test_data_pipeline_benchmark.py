@@ -17,8 +17,9 @@ def test_voc_like_example_is_consistent():
     assert 0 in labels and 255 in labels and labels <= set(range(21)) | {255}
 
 
-@pytest.mark.parametrize("transform", ["reference", "fast"])
-def test_benchmark_runs(transform, tmp_path):
+@pytest.mark.parametrize("extras", [False, True])
+def test_benchmark_runs(extras, tmp_path):
+    """Plain, and with photometric distortion (HSV, swapped in and back) + class-balanced crops."""
     args = argparse.Namespace(
         images=3,
         batches=1,
@@ -26,14 +27,15 @@ def test_benchmark_runs(transform, tmp_path):
         batch_size=2,
         crop=64,
         threads=1,
-        photometric=transform == "fast",
-        colour_model="yiq",
-        cat_max_ratio=0.75 if transform == "fast" else 1.0,
-        transform=transform,
+        photometric=extras,
+        colour_model="hsv" if extras else "yiq",
+        cat_max_ratio=0.75 if extras else 1.0,
     )
+    transform = bench.augment.train_transform
     result = bench.run(args)
     assert result["images"] == 2 and result["images_per_s"] > 0
-    assert result["transform"] == transform
+    assert result["photometric"] == extras and result["cat_max_ratio"] == args.cat_max_ratio
+    assert bench.augment.train_transform is transform
 
 
 def test_write_dataset_layout(tmp_path):

@@ -252,3 +252,27 @@ def test_archive_without_voc_inside_is_an_error(tmp_path):
         tar.add(tmp_path / "junk", arcname="junk")
     with pytest.raises(DataError, match=r"VOCtrainval_11-May-2012\.tar: archive does not hold"):
         data.get_source(data_config(tmp_path, name="voc"))
+
+
+def _truncate(path):
+    """Cuts ``path`` to half its size, as an interrupted download leaves it."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    return size // 2
+
+
+@pytest.mark.parametrize(
+    "name, archive, url",
+    [("voc", voc.VOC_ARCHIVE, voc.VOC_URL), ("voc_aug", voc.SBD_ARCHIVE, voc.SBD_URL)],
+)
+def test_truncated_archive_is_one_line_naming_it(tmp_path, name, archive, url):
+    make_fixture(tmp_path, archives=True)
+    size = _truncate(tmp_path / "manual" / archive)
+    with pytest.raises(DataError) as e:
+        data.get_source(data_config(tmp_path, name=name))
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'manual' / archive}: archive is truncated or corrupt")
+    assert f"{size:,} bytes" in message and url in message
+    assert "delete it and download it again" in message

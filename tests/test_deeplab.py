@@ -10,44 +10,21 @@ import numpy as np
 import pytest
 
 from segjax import models
-from segjax.models import deeplab
+from segjax.models import deeplab, fcn
 from segjax.models.layers import ConvBN, SeparableConvBN
-
-
-def _variables(module, shape):
-    return jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape)))
-
-
-def random_variables(module, *args, seed=0, **kwargs):
-    """Variables shaped as ``module.init`` would make them, filled from numpy.
-
-    Compiling ``init`` (hundreds of random initialisers) costs far more CPU time than the tests
-    themselves; the values only need to be generic: He-scaled kernels, non-trivial BatchNorm.
-    """
-    shapes = jax.eval_shape(functools.partial(module.init, **kwargs), jax.random.key(0), *args)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("var", "scale"):
-            value = rng.uniform(0.5, 1.5, leaf.shape)
-        elif name == "kernel":
-            value = rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-        else:
-            value = 0.1 * rng.normal(size=leaf.shape)
-        return jnp.asarray(value, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def _num_params(tree):
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+from tests.helpers import (
+    abstract_init,
+    abstract_variables,
+    conv_dilations,
+    random_variables,
+    tree_size,
+)
 
 
 def _counts(name, **kw):
-    params = _variables(models.create(name, num_classes=21, **kw), (1, 64, 64, 3))["params"]
-    total = _num_params(params)
-    return total, total - _num_params(params.get("aux_classifier", {}))
+    params = abstract_variables(models.create(name, num_classes=21, **kw), (1, 64, 64, 3))
+    total = tree_size(params["params"])
+    return total, total - tree_size(params["params"].get("aux_classifier", {}))
 
 
 # ----------------------------------------------------------------------------- atrous / separable
@@ -200,8 +177,7 @@ def test_deeplabv2_and_v1_param_counts_from_architecture():
 def test_output_shapes_odd_sizes(name, output_stride):
     model = models.create(name, num_classes=5, output_stride=output_stride)
     x = jnp.zeros((2, 37, 51, 3))
-    variables = _variables(model, x.shape)
-    out = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+    _, out = abstract_init(model, x)
     chex.assert_shape(out["out"], (2, 37, 51, 5))
     assert out["out"].dtype == jnp.float32
     if "aux" in out:
@@ -211,7 +187,7 @@ def test_output_shapes_odd_sizes(name, output_stride):
 def test_mobilenet_v3_head_rejects_output_stride_8():
     model = models.create("deeplabv3_mobilenet_v3_large_tiny", num_classes=3, output_stride=8)
     with pytest.raises(ValueError, match="output_stride"):
-        _variables(model, (1, 33, 33, 3))
+        abstract_variables(model, (1, 33, 33, 3))
 
 
 def test_default_rates():
@@ -221,26 +197,11 @@ def test_default_rates():
         deeplab.default_rates(4)
 
 
-def _conv_dilations(fn, *args):
-    """The set of ``rhs_dilation`` values of every conv in ``fn``'s jaxpr."""
-    found = set()
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                found.add(tuple(eqn.params["rhs_dilation"]))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return found
-
-
 def test_aspp_uses_the_requested_rates():
     x = jnp.zeros((1, 9, 9, 8))
     aspp = deeplab.ASPP(rates=(3, 5, 7), features=4)
     variables = random_variables(aspp, x, train=False)
-    dilations = _conv_dilations(functools.partial(aspp.apply, train=False), variables, x)
+    dilations = conv_dilations(functools.partial(aspp.apply, train=False), variables, x)
     assert dilations == {(1, 1), (3, 3), (5, 5), (7, 7)}
 
 
@@ -262,7 +223,7 @@ class DeepLabHeadVariantsTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_deeplab_head_and_fcn_head(self):
         x = jax.random.normal(jax.random.key(0), (2, 5, 6, 16))
-        for head in (deeplab.DeepLabHead(3, (2, 4, 6), 8), deeplab.FCNHead(3)):
+        for head in (deeplab.DeepLabHead(3, (2, 4, 6), 8), fcn.FCNHead(3)):
             variables = random_variables(head, x, train=False)
             out = self.variant(functools.partial(head.apply, train=False))(variables, x)
             chex.assert_shape(out, (2, 5, 6, 3))

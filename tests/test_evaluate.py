@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segjax import checkpoint, evaluate, inference, input_pipeline, sharding, trainer
 from segjax import data as data_lib
-from segjax import evaluate, inference, trainer
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_evaluate_reproduces_logged_miou_and_writes_outputs(trained_run):
 
 def test_every_image_counted_once_for_any_batch_size(trained_run):
     config, workdir, _ = trained_run
-    t, variables, _ = inference.load_variables(config, workdir=workdir)
+    restored = trainer.load_for_inference(config, workdir=workdir)
     source = data_lib.get_source(config.data)
     labelled = 0
     for ex in source.as_dataset("validation").as_numpy_iterator():
@@ -62,11 +62,11 @@ def test_every_image_counted_once_for_any_batch_size(trained_run):
         config.eval.batch_size = batch_size
         cm, count = evaluate.evaluate(
             config,
-            variables,
-            t.mesh,
+            restored.variables,
+            restored.mesh,
             inference.InferenceOptions(),
             "validation",
-            model=t.model,
+            model=restored.model,
             source=source,
         )
         assert count == 40
@@ -76,7 +76,13 @@ def test_every_image_counted_once_for_any_batch_size(trained_run):
     # Sliding windows whose crop covers the (padded) image give the same matrix.
     options = inference.InferenceOptions(mode="slide", crop=(64, 64), stride=(32, 32))
     cm, _ = evaluate.evaluate(
-        config, variables, t.mesh, options, "validation", model=t.model, source=source
+        config,
+        restored.variables,
+        restored.mesh,
+        options,
+        "validation",
+        model=restored.model,
+        source=source,
     )
     np.testing.assert_array_equal(cm, cms[1])
 
@@ -101,3 +107,43 @@ def test_cli_errors_are_one_line(tmp_path):
     )
     assert proc.returncode != 0
     assert "no checkpoint directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_and_training_compile_one_eval_step_with_identical_results(
+    trained_run, monkeypatch
+):
+    """segjax.evaluate and the in-training evaluation trace the same program (the configured
+    convolution path included) and count the same confusion matrix."""
+    config, workdir, _ = trained_run
+    assert config.conv_impl == "auto"  # the GEMM convolutions on this CPU
+    compiled = []
+    original = trainer.compile_eval_step
+
+    def recording(*args, **kwargs):
+        compiled.append(original(*args, **kwargs))
+        return compiled[-1]
+
+    monkeypatch.setattr(trainer, "compile_eval_step", recording)
+    result = evaluate.run(config, workdir=workdir, output_dir=None)
+    (cli_step,) = compiled
+
+    t = trainer.Trainer(config)  # training's own compiled step, fed a restored train state
+    manager = checkpoint.make_manager(workdir, keep=3)
+    state = checkpoint.restore_state(manager, t.abstract_with_shardings())
+    manager.close()
+    stream = input_pipeline.eval_stream(
+        data_lib.get_source(config.data), config, "validation", process_index=0, process_count=1
+    )
+    in_training = t.evaluate(state, stream)
+    np.testing.assert_array_equal(in_training.confusion_matrix, result["confusion_matrix"])
+    assert in_training.num_images == result["num_images"] == 40
+
+    batch = sharding.host_to_global(dict(next(iter(stream))), t.mesh)
+    variables = trainer.variables_of(state)
+    training_hlo = t.eval_step.lower(variables, batch).as_text()
+    assert cli_step.lower(variables, batch).as_text() == training_hlo
+    # …and that program is the GEMM one: XLA's plain path has more convolutions in it.
+    plain = config.copy_and_resolve_references()
+    plain.conv_impl = "xla"
+    plain_hlo = trainer.compile_eval_step(t.model, plain, t.mesh).lower(variables, batch)
+    assert training_hlo.count("convolution") < plain_hlo.as_text().count("convolution")

@@ -13,29 +13,14 @@ import numpy as np
 import pytest
 
 from segjax import checkpoint, export, models, trainer
+from tests.helpers import random_variables
 
 ROOT = pathlib.Path(__file__).parent.parent
 
 
-def _random_variables(model, shape, seed=0):
-    """Variables filled with NumPy random values (no init compile, which is slow on CPU)."""
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape, jnp.float32))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "var" in name:
-            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-        fan_in = max(1, int(np.prod(leaf.shape[:-1])))
-        scale = 0.1 if "bias" in name or "mean" in name else (2.0 / fan_in) ** 0.5
-        return (scale * rng.normal(size=leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
 def test_exported_model_reloads_and_matches_live_model_on_two_sizes(tmp_path):
     model = models.create("unet", num_classes=3, width=4, depth=2)
-    variables = _random_variables(model, (1, 16, 16, 3))
+    variables = random_variables(model, (1, 16, 16, 3))
     exported = export.export_model(model, variables)
     export.save(exported, str(tmp_path), {"num_classes": 3})
     reloaded = export.load(str(tmp_path))
@@ -51,7 +36,7 @@ def test_exported_model_reloads_and_matches_live_model_on_two_sizes(tmp_path):
 
 def test_uint8_input_and_probabilities(tmp_path):
     model = models.create("unet", num_classes=2, width=4, depth=2)
-    variables = _random_variables(model, (1, 16, 16, 3), seed=2)
+    variables = random_variables(model, (1, 16, 16, 3), seed=2)
     mean, std = (120.0, 110.0, 100.0), (60.0, 55.0, 50.0)
     exported = export.export_model(model, variables, probabilities=True, mean=mean, std=std)
     images = np.random.default_rng(3).integers(0, 255, (1, 9, 13, 3), dtype=np.uint8)
@@ -67,7 +52,7 @@ def test_cli_writes_model_and_metadata(tmp_path):
     spec.loader.exec_module(module)
     config = module.get_config("runlocal")
     model = trainer.create_model(config)
-    variables = _random_variables(model, (1, 32, 32, 3))
+    variables = random_variables(model, (1, 32, 32, 3))
     checkpoint.save_variables(str(tmp_path / "vars"), variables)
     out = tmp_path / "exported"
     proc = subprocess.run(

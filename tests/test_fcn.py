@@ -12,28 +12,7 @@ from segjax import models
 from segjax.models import fcn
 from segjax.models.backbones import vgg
 from segjax.models.layers import BilinearConvTranspose
-
-
-def host_init(module, x, seed=0):
-    """Random variables built on the host (no XLA compile of the random initialisers)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
-    rng = np.random.default_rng(seed)
-
-    def make(path, leaf):
-        name = jax.tree_util.keystr(path[-1:])
-        if "var" in name or "scale" in name:
-            return jnp.ones(leaf.shape, leaf.dtype)
-        if "mean" in name:
-            return jnp.zeros(leaf.shape, leaf.dtype)
-        fan_in = int(np.prod(leaf.shape[:-1])) or 1
-        return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(make, shapes)
-
-
-def _num_params(module, shape=(1, 64, 64, 3)):
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape)))
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+from tests.helpers import num_params, random_variables
 
 
 @pytest.mark.parametrize(
@@ -50,7 +29,7 @@ def _num_params(module, shape=(1, 64, 64, 3)):
     ],
 )
 def test_param_counts_match_published(name, kwargs, expected):
-    assert _num_params(models.create(name, num_classes=21, **kwargs)) == expected
+    assert num_params(models.create(name, num_classes=21, **kwargs)) == expected
 
 
 def _closed_form_bilinear(factor):
@@ -131,7 +110,7 @@ def test_transposed_conv_semantics_and_torch_layout(impl, factor):
 def test_fcn8s_subpixel_upsampling_equals_conv_transpose():
     x = jax.random.normal(jax.random.key(0), (1, 29, 35, 3))
     base = models.create("fcn8s_vgg16_tiny", num_classes=3)
-    variables = host_init(base, x)
+    variables = random_variables(base, x)
     fast = models.create("fcn8s_vgg16_tiny", num_classes=3, upsample_impl="subpixel")
     np.testing.assert_allclose(
         jax.jit(fast.apply)(variables, x)["out"],
@@ -143,7 +122,7 @@ def test_fcn8s_subpixel_upsampling_equals_conv_transpose():
 
 def _constant_score_variables(model, x, values):
     """Fresh (bilinear) upsampling, zero ``score_fr`` kernel and a per-class constant bias."""
-    variables = host_init(model, x)
+    variables = random_variables(model, x)
     params = dict(variables["params"])
     for name in params:
         if name.startswith("upscore"):
@@ -191,7 +170,7 @@ def test_fcn32s_aligned_constant_and_bilinear_resize():
     chex.assert_shape(out, (1, 37, 70, 3))
     np.testing.assert_allclose(out, np.broadcast_to(values, out.shape), rtol=1e-5)
 
-    variables["params"]["score_fr"] = host_init(model, x, seed=3)["params"]["score_fr"]
+    variables["params"]["score_fr"] = random_variables(model, x, seed=3)["params"]["score_fr"]
     out, score = apply(variables, x)
     n_h, n_w = score.shape[1:3]
     expected = jax.image.resize(score, (1, 32 * n_h, 32 * n_w, 3), "bilinear")[:, :37, :70]
@@ -262,14 +241,14 @@ class FCNVariantsTest(parameterized.TestCase):
     def test_fcn8s_forward_finite(self):
         model = models.create("fcn8s_vgg16_tiny", num_classes=3)
         x = jax.random.normal(jax.random.key(0), (1, 25, 30, 3))
-        variables = host_init(model, x)
+        variables = random_variables(model, x)
         out = self.variant(lambda v, x: model.apply(v, x, train=False))(variables, x)
         chex.assert_shape(out["out"], (1, 25, 30, 3))
         chex.assert_tree_all_finite(out)
 
 
 def _grads(model, x, labels):
-    variables = host_init(model, x)
+    variables = random_variables(model, x)
 
     @jax.jit
     def grad_fn(params):

@@ -9,26 +9,7 @@ import numpy as np
 import pytest
 
 from segjax import inference, models
-
-
-def random_variables(model, shape, seed=0):
-    """Variables of ``model`` filled with NumPy random values (no init compile, which is slow on
-    CPU); BatchNorm variances stay positive."""
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape, jnp.float32))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "var" in name:
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32))
-        scale = (
-            0.1
-            if "bias" in name or "mean" in name
-            else (2.0 / max(1, np.prod(leaf.shape[:-1]))) ** 0.5
-        )
-        return jnp.asarray((scale * rng.normal(size=leaf.shape)).astype(np.float32))
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
+from tests.helpers import random_variables
 
 
 @pytest.fixture(scope="module")

@@ -11,31 +11,13 @@ import pytest
 from segjax import models
 from segjax.models import lraspp
 from segjax.models.backbones import mobilenet
-
-
-def random_variables(module, *args, seed=0, **kwargs):
-    """Variables shaped as ``module.init`` makes them, filled from numpy (no init compile)."""
-    shapes = jax.eval_shape(functools.partial(module.init, **kwargs), jax.random.key(0), *args)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("var", "scale"):
-            value = rng.uniform(0.5, 1.5, leaf.shape)
-        elif name == "kernel":
-            value = rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-        else:
-            value = 0.1 * rng.normal(size=leaf.shape)
-        return jnp.asarray(value, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
+from tests.helpers import abstract_init, abstract_variables, random_variables, tree_size
 
 
 def test_param_count_matches_torchvision():
     model = models.create("lraspp_mobilenet_v3_large", num_classes=21)
-    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    params = variables["params"]
-    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)) == 3_221_538
+    params = abstract_variables(model, (1, 64, 64, 3))["params"]
+    assert tree_size(params) == 3_221_538
     head = params["classifier"]
     assert set(head) == {"cbr", "scale", "low_classifier", "high_classifier"}
     assert set(head["scale"]) == {"kernel"}  # torchvision: Conv2d(960, 128, 1, bias=False)
@@ -68,7 +50,7 @@ def test_head_combines_low_and_gated_high_features():
 def test_rejects_output_stride_8():
     model = models.create("lraspp_mobilenet_v3_large_tiny", num_classes=3, output_stride=8)
     with pytest.raises(ValueError, match="output_stride"):
-        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        abstract_variables(model, (1, 32, 32, 3))
 
 
 @pytest.mark.parametrize("output_stride", [16, 32])
@@ -77,8 +59,7 @@ def test_output_shapes_odd_sizes(output_stride):
         "lraspp_mobilenet_v3_large_tiny", num_classes=5, output_stride=output_stride
     )
     x = jnp.zeros((2, 37, 51, 3))
-    variables = jax.eval_shape(model.init, jax.random.key(0), x)
-    out = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+    _, out = abstract_init(model, x)
     assert set(out) == {"out"}
     chex.assert_shape(out["out"], (2, 37, 51, 5))
     assert out["out"].dtype == jnp.float32

@@ -4,40 +4,18 @@ import functools
 
 import chex
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from segjax.models.backbones import mobilenet
-
-
-def random_variables(module, *args, seed=0, **kwargs):
-    """Variables shaped as ``module.init`` makes them, filled from numpy (no init compile)."""
-    shapes = jax.eval_shape(functools.partial(module.init, **kwargs), jax.random.key(0), *args)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("var", "scale"):
-            value = rng.uniform(0.5, 1.5, leaf.shape)
-        elif name == "kernel":
-            value = rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-        else:
-            value = 0.1 * rng.normal(size=leaf.shape)
-        return jnp.asarray(value, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def _abstract(module, shape):
-    x = jnp.zeros(shape)
-    variables = jax.eval_shape(module.init, jax.random.key(0), x)
-    return variables, jax.eval_shape(module.apply, variables, x)
-
-
-def _num_params(variables):
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+from tests.helpers import (
+    abstract_init,
+    abstract_variables,
+    conv_rates,
+    num_params,
+    random_variables,
+)
 
 
 def test_make_divisible_matches_torchvision():
@@ -59,14 +37,13 @@ def test_activations_match_jax_reference():
 def test_param_counts_match_torchvision():
     # torchvision totals minus the ImageNet classifier layers.
     v3_classifier = (960 * 1280 + 1280) + (1280 * 1000 + 1000)
-    v3, _ = _abstract(mobilenet.MobileNetV3Large(dilated=True), (1, 64, 64, 3))
-    assert _num_params(v3) == 5_483_032 - v3_classifier
-    v2, _ = _abstract(mobilenet.MobileNetV2(include_last=True), (1, 64, 64, 3))
-    assert _num_params(v2) == 3_504_872 - (1280 * 1000 + 1000)
+    assert num_params(mobilenet.MobileNetV3Large(dilated=True)) == 5_483_032 - v3_classifier
+    v2 = mobilenet.MobileNetV2(include_last=True)
+    assert num_params(v2) == 3_504_872 - (1280 * 1000 + 1000)
 
 
 def test_v3_structure_follows_torchvision_indices():
-    variables, _ = _abstract(mobilenet.MobileNetV3Large(), (1, 64, 64, 3))
+    variables = abstract_variables(mobilenet.MobileNetV3Large(), (1, 64, 64, 3))
     p = variables["params"]
     assert sorted(p, key=lambda k: int(k.split("_")[1])) == [f"features_{i}" for i in range(17)]
     # features.1: no expansion (16 → 16): block.0 depthwise, block.1 projection.
@@ -80,7 +57,7 @@ def test_v3_structure_follows_torchvision_indices():
 
 
 def test_v2_structure_follows_torchvision_indices():
-    variables, _ = _abstract(mobilenet.MobileNetV2(), (1, 64, 64, 3))
+    variables = abstract_variables(mobilenet.MobileNetV2(), (1, 64, 64, 3))
     p = variables["params"]
     assert set(p["features_1"]) == {"conv_0", "conv_1", "conv_2"}  # dw, pw conv, BN
     assert set(p["features_2"]) == {"conv_0", "conv_1", "conv_2", "conv_3"}
@@ -89,47 +66,31 @@ def test_v2_structure_follows_torchvision_indices():
     assert "features_18" not in p
 
 
-def _dilations(module, x):
-    variables = jax.eval_shape(module.init, jax.random.key(0), x)
-    jaxpr = jax.make_jaxpr(functools.partial(module.apply, train=False))(variables, x)
-    found = set()
-
-    def walk(j):
-        for eqn in j.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                found.add(eqn.params["rhs_dilation"][0])
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jaxpr.jaxpr)
-    return found
-
-
 @pytest.mark.parametrize("dilated, stride, rates", [(False, 32, {1}), (True, 16, {1, 2})])
 def test_v3_dilated_variant(dilated, stride, rates):
     x = jnp.zeros((1, 67, 45, 3))
     module = mobilenet.MobileNetV3Large(dilated=dilated, width_mult=0.25)
-    _, out = _abstract(module, x.shape)
+    _, out = abstract_init(module, x)
     size = lambda n, s: -(-n // s)  # padded convs: ceil(n / s)
     chex.assert_shape(out["out"], (1, size(67, stride), size(45, stride), 240))  # 6 · 40
     chex.assert_shape(out["low"], (1, size(67, 8), size(45, 8), 16))  # 40 · 0.25 → 16
-    assert _dilations(module, x) == rates
+    assert conv_rates(module, x) == rates
 
 
 @pytest.mark.parametrize("output_stride, rates", [(32, {1}), (16, {1, 2}), (8, {1, 2, 4})])
 def test_v2_output_stride(output_stride, rates):
     x = jnp.zeros((1, 67, 45, 3))
     module = mobilenet.MobileNetV2(output_stride=output_stride, width_mult=0.25)
-    _, out = _abstract(module, x.shape)
+    _, out = abstract_init(module, x)
     size = lambda n: -(-n // output_stride)
     chex.assert_shape(out["out"], (1, size(67), size(45), 320 // 4))
     chex.assert_shape(out["low"], (1, 17, 12, 8))
-    assert _dilations(module, x) == rates
+    assert conv_rates(module, x) == rates
 
 
 def test_v2_rejects_bad_output_stride():
     with pytest.raises(ValueError, match="output_stride"):
-        _abstract(mobilenet.MobileNetV2(output_stride=4), (1, 32, 32, 3))
+        abstract_variables(mobilenet.MobileNetV2(output_stride=4), (1, 32, 32, 3))
 
 
 class MobileNetBlockVariantsTest(chex.TestCase):

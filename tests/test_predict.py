@@ -6,34 +6,12 @@ import pathlib
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import checkpoint, inference, predict, trainer
-
-
-def random_variables(model, shape, seed=0):
-    """Variables of ``model`` filled with NumPy random values (no init compile, which is slow on
-    CPU); BatchNorm variances stay positive."""
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape, jnp.float32))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "var" in name:
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32))
-        scale = (
-            0.1
-            if "bias" in name or "mean" in name
-            else (2.0 / max(1, np.prod(leaf.shape[:-1]))) ** 0.5
-        )
-        return jnp.asarray((scale * rng.normal(size=leaf.shape)).astype(np.float32))
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
-
+from segjax import checkpoint, predict, trainer
+from tests.helpers import random_variables
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -83,11 +61,16 @@ def _write_inputs(folder):
 def test_folder_of_mixed_images_writes_three_outputs_each(weights, tmp_path):
     config, path = weights
     sizes = _write_inputs(tmp_path / "images")
-    t, variables, step = inference.load_variables(config, checkpoint_dir=path)
-    assert step is None
+    restored = trainer.load_for_inference(config, checkpoint_dir=path)
+    assert restored.step is None
     out = tmp_path / "out"
     written, failures = predict.predict_files(
-        config, variables, t.model, [str(tmp_path / "images")], str(out), progress=False
+        config,
+        restored.variables,
+        restored.model,
+        [str(tmp_path / "images")],
+        str(out),
+        progress=False,
     )
     assert len(failures) == 1 and "broken.jpg" in failures[0]
     assert len(written) == 3 * len(sizes)

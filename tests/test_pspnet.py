@@ -10,24 +10,7 @@ import pytest
 
 from segjax import models
 from segjax.models import pspnet
-
-
-def random_variables(module, *args, seed=0, **kwargs):
-    """Variables shaped as ``module.init`` makes them, filled from numpy (no init compile)."""
-    shapes = jax.eval_shape(functools.partial(module.init, **kwargs), jax.random.key(0), *args)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("var", "scale"):
-            value = rng.uniform(0.5, 1.5, leaf.shape)
-        elif name == "kernel":
-            value = rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-        else:
-            value = 0.1 * rng.normal(size=leaf.shape)
-        return jnp.asarray(value, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
+from tests.helpers import abstract_init, abstract_variables, random_variables, tree_size
 
 
 def test_adaptive_pool_bins_follow_pytorch():
@@ -69,18 +52,16 @@ def test_param_count_from_architecture(depth):
     head = (4096 * 512 * 9 + 2 * 512) + (512 * n + n)
     aux = (1024 * 256 * 9 + 2 * 256) + (256 * n + n)
     model = models.create(f"pspnet_resnet{depth}", num_classes=n)
-    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
-    count = lambda t: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
-    assert count(params) == _resnet_features(depth) + ppm + head + aux
-    assert count(params["aux_classifier"]) == aux
+    params = abstract_variables(model, (1, 64, 64, 3))["params"]
+    assert tree_size(params) == _resnet_features(depth) + ppm + head + aux
+    assert tree_size(params["aux_classifier"]) == aux
 
 
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_output_shapes_odd_sizes(output_stride):
     model = models.create("pspnet_tiny", num_classes=5, output_stride=output_stride)
     x = jnp.zeros((2, 37, 51, 3))
-    variables = jax.eval_shape(model.init, jax.random.key(0), x)
-    out = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+    _, out = abstract_init(model, x)
     chex.assert_shape([out["out"], out["aux"]], (2, 37, 51, 5))
 
 

@@ -198,8 +198,8 @@ def test_killed_then_preempted_run_ends_bitwise_equal(shapes_data_dir, tmp_path)
 
     # Parameters, BatchNorm statistics, optimiser state and counters: the same bits as the
     # uninterrupted run (the data order and the dropout RNG are functions of seed and step).
-    final = checkpoint.load_variables(str(ckpts / f"{NUM_STEPS}/default"))
-    expected = checkpoint.load_variables(str(ref_dir / f"checkpoints/{NUM_STEPS}/default"))
+    final = checkpoint.read_weights(str(ckpts / f"{NUM_STEPS}/default"))
+    expected = checkpoint.read_weights(str(ref_dir / f"checkpoints/{NUM_STEPS}/default"))
     assert int(final["step"]) == NUM_STEPS
     _assert_bitwise_equal(final, expected)
     evals = [
@@ -225,7 +225,7 @@ def test_infinite_learning_rate_stops_without_writing_nan_params(tiny_config, tm
     assert "skipped 2 non-finite update(s) in steps 1..2" in capsys.readouterr().out
     steps = _finalized_steps(tmp_path / "checkpoints")
     assert steps == [1, 2, 3]  # the error comes at the log step, before step 4 is saved
-    saved = [checkpoint.load_variables(str(tmp_path / f"checkpoints/{s}/default")) for s in steps]
+    saved = [checkpoint.read_weights(str(tmp_path / f"checkpoints/{s}/default")) for s in steps]
     for state in saved:
         chex.assert_tree_all_finite(state["params"])
         # Every update was skipped: the parameters are still the initial ones.

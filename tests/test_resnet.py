@@ -4,33 +4,11 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from absl.testing import parameterized
 
 from segjax.models.backbones import resnet
-
-
-def host_init(module, x, seed=0):
-    """Random variables built on the host (no XLA compile of the random initialisers)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
-    rng = np.random.default_rng(seed)
-
-    def make(path, leaf):
-        name = jax.tree_util.keystr(path[-1:])
-        if "var" in name or "scale" in name:
-            return jnp.ones(leaf.shape, leaf.dtype)
-        if "mean" in name or "bias" in name:
-            return jnp.zeros(leaf.shape, leaf.dtype)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(make, shapes)
-
-
-def _num_params(module, shape=(1, 64, 64, 3)):
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape)))
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+from tests.helpers import num_params, random_variables
 
 
 # torchvision's published totals minus the ImageNet fc layer (2048·1000 + 1000, or 512·1000 +
@@ -46,7 +24,7 @@ def _num_params(module, shape=(1, 64, 64, 3)):
     ],
 )
 def test_param_count_matches_torchvision(depth, total, fc):
-    assert _num_params(resnet.ResNet(depth=depth)) == total - fc
+    assert num_params(resnet.ResNet(depth=depth)) == total - fc
 
 
 def test_param_names_map_to_torchvision_keys():
@@ -136,7 +114,7 @@ class ResNetVariantsTest(parameterized.TestCase):
     def test_forward_finite(self):
         model = resnet.resnet_tiny(output_stride=8)
         x = jax.random.normal(jax.random.key(1), (1, 17, 17, 3))
-        variables = host_init(model, x)
+        variables = random_variables(model, x)
         feats = self.variant(lambda v, x: model.apply(v, x, train=False))(variables, x)
         chex.assert_shape(feats["layer4"], (1, 3, 3, 256))
         chex.assert_tree_all_finite(feats)

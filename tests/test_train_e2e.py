@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -53,19 +54,32 @@ def _cli(*args, env_extra=None, cwd=ROOT):
     )
 
 
-def test_cli_trains_one_step(shapes_data_dir, tmp_path):
-    proc = _cli(
-        "--config",
-        "configs/quickstart.py:runlocal",
-        "--workdir",
-        str(tmp_path / "w"),
-        "--config.train.num_steps=1",
-        f"--config.data.data_dir={shapes_data_dir}",
-        "--config.data.config_name=tiny",
-    )
+def test_cli_trains_one_step_quietly_then_refuses_a_different_model(tmp_path):
+    data_dir = tmp_path / "tfds"  # fresh: the first run prepares the dataset itself
+    common = [f"--config.data.data_dir={data_dir}", "--config.data.config_name=tiny"]
+    workdir = tmp_path / "w"
+    args = ["--config", "configs/quickstart.py:runlocal", "--workdir", str(workdir), *common]
+    proc = _cli(*args, "--config.train.num_steps=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mIoU" in proc.stdout
-    assert (tmp_path / "w" / "checkpoints" / "1").is_dir()
+    assert (workdir / "checkpoints" / "1").is_dir()
+    # TFDS's own progress bars ("Generating splits…", "Shuffling…", cursor-up escapes) are off.
+    for noise in ("Shuffling", "Generating splits", "\x1b[A", "it/s]"):
+        assert noise not in proc.stderr + proc.stdout, noise
+    # The same workdir with a wider model: one line naming the workdir, the first mismatched
+    # parameter with both shapes and how to start over; no traceback (Orbax's threads closed).
+    proc = _cli(*args, "--config.train.num_steps=2", "--config.model.kwargs.width=8")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "Event loop" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: CheckpointMismatchError"), errors
+    assert str(workdir) in errors[0] and "new --workdir" in errors[0]
+    assert re.search(
+        r"params/\S+ has shape \(.+\) in the checkpoint but \(.+\) in the model", errors[0]
+    )
+    # The run's record of its own config is not overwritten by the refused one.
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["kwargs"]["width"] == 4
 
 
 @pytest.mark.parametrize(
@@ -80,7 +94,7 @@ def test_cli_trains_one_step(shapes_data_dir, tmp_path):
                 "{tmp}",
                 "--config.train.num_stepz=5",
             ],
-            "num_stepz",
+            "--config.train.num_stepz: no config key 'num_stepz'; did you mean 'num_steps'?",
         ),
         (["--config", "configs/quickstart.py", "--workdir", "/proc/forbidden/w"], "not writable"),
     ],

@@ -10,23 +10,7 @@ from absl.testing import parameterized
 
 from segjax import losses, models
 from segjax.models import unet
-
-
-def host_init(module, x, seed=0):
-    """Random variables built on the host (no XLA compile of the random initialisers)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
-    rng = np.random.default_rng(seed)
-
-    def make(path, leaf):
-        name = jax.tree_util.keystr(path[-1:])
-        if "var" in name or "scale" in name:
-            return jnp.ones(leaf.shape, leaf.dtype)
-        if "mean" in name or "bias" in name:
-            return jnp.zeros(leaf.shape, leaf.dtype)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(make, shapes)
+from tests.helpers import random_variables
 
 
 def test_original_param_count_and_paper_sizes():
@@ -124,7 +108,7 @@ def test_overlap_tile_unet_original_matches_whole_image_prediction():
     tile, margin = unet.unet_original_tile_geometry(8, depth=2)
     assert (tile, margin) == (8, 20)
     images = jax.random.normal(jax.random.key(0), (1, 30, 21, 1))
-    variables = host_init(model, jnp.zeros((1, tile + 2 * margin, tile + 2 * margin, 1)))
+    variables = random_variables(model, jnp.zeros((1, tile + 2 * margin, tile + 2 * margin, 1)))
     tiled = unet.overlap_tile_predict(
         lambda t: model.apply(variables, t)["out"], images, tile_size=tile, margin=margin
     )
@@ -139,7 +123,7 @@ class UNetOriginalVariantsTest(parameterized.TestCase):
     def test_forward_finite(self):
         model = models.create("unet_original_tiny", num_classes=3)
         x = jax.random.normal(jax.random.key(0), (2, 44, 48, 1))
-        variables = host_init(model, x)
+        variables = random_variables(model, x)
         out = self.variant(lambda v, x: model.apply(v, x, train=False))(variables, x)
         chex.assert_shape(out["out"], (2, 4, 8, 3))
         chex.assert_tree_all_finite(out)
@@ -206,7 +190,7 @@ def test_weighted_loss_trains_on_touching_cells():
     labels = jnp.asarray((instances > 0).astype(np.int32))[None]
     weights = jnp.asarray(losses.unet_weight_map(instances))[None]
     model = models.create("unet_original_tiny", num_classes=2, mirror_pad=True, dropout_rate=0.0)
-    variables = host_init(model, jnp.asarray(image))
+    variables = random_variables(model, jnp.asarray(image))
     optimizer = optax.adam(3e-3)
     opt_state = optimizer.init(variables["params"])
 
@@ -256,15 +240,3 @@ def test_upconv_matches_flax_conv_transpose_values_and_gradients(jit):
     g_ours = maybe_jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
     g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
     chex.assert_trees_all_close(g_ours, g_ref, atol=1e-4, rtol=1e-5)
-
-
-def test_max_pool2x2_matches_flax_max_pool():
-    import flax.linen as nn
-
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 8, 3)), jnp.float32)
-    chex.assert_trees_all_equal(unet.max_pool2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
-    g = jax.grad(lambda x: jnp.sum(unet.max_pool2x2(x) ** 2))(x)
-    g_ref = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2)) ** 2))(x)
-    chex.assert_trees_all_close(g, g_ref)
-    with pytest.raises(ValueError, match="even"):
-        unet.max_pool2x2(x[:, :5])

@@ -8,18 +8,7 @@ import pytest
 from absl.testing import parameterized
 
 from segjax.models.backbones import vgg
-
-
-def host_init(module, x, seed=0):
-    """Random variables built on the host (no XLA compile of the random initialisers)."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
-    rng = np.random.default_rng(seed)
-
-    def make(path, leaf):
-        fan_in = int(np.prod(leaf.shape[:-1])) or 1
-        return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(make, shapes)
+from tests.helpers import random_variables
 
 
 def test_param_count_and_names_match_torchvision():
@@ -73,7 +62,7 @@ def test_max_pool_ceil_keeps_last_row():
 def test_dropout_uses_dropout_rng():
     model = vgg.vgg16_tiny(paper_alignment=False)
     x = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
-    variables = host_init(model, x)
+    variables = random_variables(model, x)
     apply = jax.jit(lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}))
     a = apply(variables, x, jax.random.key(1))["fc7"]
     b = apply(variables, x, jax.random.key(2))["fc7"]
@@ -90,7 +79,7 @@ class VGGVariantsTest(parameterized.TestCase):
     def test_forward_finite(self):
         model = vgg.vgg16_tiny()
         x = jax.random.normal(jax.random.key(0), (1, 21, 18, 3))
-        variables = host_init(model, x)
+        variables = random_variables(model, x)
         feats = self.variant(lambda v, x: model.apply(v, x, train=False))(variables, x)
         chex.assert_tree_all_finite(feats)
         chex.assert_shape(feats["pool4"], (1, 14, 14, 64))

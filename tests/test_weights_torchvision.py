@@ -304,7 +304,7 @@ def test_cli_safetensors_to_checkpoint(tmp_path, capsys):
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert "3-class model" in printed and "init_from" in printed
-    restored = checkpoint.load_variables(out)
+    restored = checkpoint.read_weights(out)
     expected = tv.convert(sd, case, module=CASES[case][1]())
     chex.assert_trees_all_equal(restored, expected)
 
@@ -397,4 +397,4 @@ def test_cli_reads_pth(tmp_path):
          "--model_kwargs", json.dumps(kwargs)]
     )  # fmt: skip
     expected = tv.convert(sd, "fcn_resnet50", module=CASES["fcn_resnet"][1]())
-    chex.assert_trees_all_equal(checkpoint.load_variables(out), expected)
+    chex.assert_trees_all_equal(checkpoint.read_weights(out), expected)

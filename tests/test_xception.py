@@ -4,36 +4,17 @@ import functools
 
 import chex
 import jax
-import jax.extend
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from segjax.models.backbones import xception
-
-
-def random_variables(module, *args, seed=0, **kwargs):
-    """Variables shaped as ``module.init`` makes them, filled from numpy (no init compile)."""
-    shapes = jax.eval_shape(functools.partial(module.init, **kwargs), jax.random.key(0), *args)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("var", "scale"):
-            value = rng.uniform(0.5, 1.5, leaf.shape)
-        elif name == "kernel":
-            value = rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-        else:
-            value = 0.1 * rng.normal(size=leaf.shape)
-        return jnp.asarray(value, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def _abstract(module, shape):
-    x = jnp.zeros(shape)
-    variables = jax.eval_shape(module.init, jax.random.key(0), x)
-    return variables, jax.eval_shape(module.apply, variables, x)
+from tests.helpers import (
+    abstract_init,
+    abstract_variables,
+    conv_rates,
+    random_variables,
+    tree_size,
+)
 
 
 def test_param_count_from_the_paper_architecture():
@@ -53,25 +34,9 @@ def test_param_count_from_the_paper_architecture():
     expected += unit(64, [128] * 3, True) + unit(128, [256] * 3, True) + unit(256, [728] * 3, True)
     expected += 16 * unit(728, [728] * 3, False)
     expected += unit(728, [728, 1024, 1024], True) + unit(1024, [1536, 1536, 2048], False)
-    variables, _ = _abstract(xception.Xception65(), (1, 64, 64, 3))
-    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"])) == expected
+    variables = abstract_variables(xception.Xception65(), (1, 64, 64, 3))
+    assert tree_size(variables["params"]) == expected
     assert len([k for k in variables["params"] if k.startswith("middle_flow_unit")]) == 16
-
-
-def _dilations(module, x):
-    variables = jax.eval_shape(module.init, jax.random.key(0), x)
-    jaxpr = jax.make_jaxpr(functools.partial(module.apply, train=False))(variables, x)
-    found = set()
-
-    def walk(j):
-        for eqn in j.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                found.add(eqn.params["rhs_dilation"][0])
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jaxpr.jaxpr)
-    return found
 
 
 @pytest.mark.parametrize(
@@ -82,21 +47,21 @@ def _dilations(module, x):
 def test_output_stride_odd_sizes_and_rates(output_stride, multi_grid, rates):
     x = jnp.zeros((1, 67, 45, 3))
     module = xception.Xception65(output_stride, multi_grid, width_mult=0.125, middle_units=2)
-    _, out = _abstract(module, x.shape)
+    _, out = abstract_init(module, x)
     size = lambda n, s: -(-n // s)
     chex.assert_shape(out["out"], (1, size(67, output_stride), size(45, output_stride), 256))
     chex.assert_shape(out["low"], (1, size(67, 4), size(45, 4), 32))
     chex.assert_shape(
         out["middle"], (1, size(67, min(16, output_stride)), size(45, min(16, output_stride)), 91)
     )
-    assert _dilations(module, x) == rates
+    assert conv_rates(module, x) == rates
 
 
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="output_stride"):
-        _abstract(xception.Xception65(output_stride=4), (1, 32, 32, 3))
+        abstract_variables(xception.Xception65(output_stride=4), (1, 32, 32, 3))
     with pytest.raises(ValueError, match="multi_grid"):
-        _abstract(xception.Xception65(multi_grid=(1, 2)), (1, 32, 32, 3))
+        abstract_variables(xception.Xception65(multi_grid=(1, 2)), (1, 32, 32, 3))
 
 
 class XceptionUnitVariantsTest(chex.TestCase):

@@ -19,9 +19,10 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segjax.data import image_io
-from segjax.data.base import IGNORE_INDEX, DatasetInfo, TfdsSource, default_palette
+from segjax.data import builders, image_io
+from segjax.data.base import Source
 from segjax.data.image_io import DataError
+from segjax.metrics import IGNORE_INDEX
 
 URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 ARCHIVE = "ADEChallengeData2016.zip"
@@ -73,62 +74,27 @@ def _is_root(path: str) -> bool:
     )
 
 
-class SegjaxAde20k(tfds.core.GeneratorBasedBuilder):
+ADE = builders.ManualArchive(
+    filename=ARCHIVE,
+    url=URL,
+    size="~920 MB",
+    what="ADEChallengeData2016",
+    subdirs=("ADEChallengeData2016",),
+    is_root=_is_root,
+)
+
+
+class SegjaxAde20k(builders.ArchiveBuilder):
     """ADEChallengeData2016 (SceneParse150 semantic masks); see the module docstring."""
 
     name = "segjax_ade20k"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
+    HOMEPAGE = "http://sceneparsing.csail.mit.edu/"
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-    def __init__(self, *, download: bool = False, skip_bad_examples: bool = False, **kwargs):
-        self._download = download
-        self._skip_bad_examples = skip_bad_examples
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "segmentation_mask": tfds.features.Image(shape=(None, None, 1)),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
-            supervised_keys=("image", "segmentation_mask"),
-            homepage="http://sceneparsing.csail.mit.edu/",
-        )
-
-    def _root(self, dl_manager) -> str:
-        try:
-            manual = os.fspath(dl_manager.manual_dir)
-        except AssertionError:
-            manual = None
-        if manual:
-            if _is_root(os.path.join(manual, "ADEChallengeData2016")):
-                return os.path.join(manual, "ADEChallengeData2016")
-            if os.path.isfile(os.path.join(manual, ARCHIVE)):
-                extracted = os.fspath(dl_manager.extract(os.path.join(manual, ARCHIVE)))
-                if _is_root(os.path.join(extracted, "ADEChallengeData2016")):
-                    return os.path.join(extracted, "ADEChallengeData2016")
-                raise DataError(f"{os.path.join(manual, ARCHIVE)}: no ADEChallengeData2016/ inside")
-        tried = f"looked in {manual!r}" if manual else "no manual directory exists"
-        if self._download:
-            try:
-                extracted = os.fspath(dl_manager.download_and_extract(URL))
-            except Exception as e:  # any network failure ends in the same advice
-                raise DataError(
-                    f"ADEChallengeData2016 not found ({tried}) and downloading {URL} failed "
-                    f"({e}).\n" + MANUAL_DOWNLOAD_INSTRUCTIONS
-                ) from e
-            return os.path.join(extracted, "ADEChallengeData2016")
-        raise DataError(
-            f"ADEChallengeData2016 not found ({tried}).\n" + MANUAL_DOWNLOAD_INSTRUCTIONS
-        )
-
     def _split_generators(self, dl_manager):
-        root = self._root(dl_manager)
+        root = self.locate(dl_manager, ADE)
         generators = {}
         for split, sub in _SPLITS.items():
             image_dir = os.path.join(root, "images", sub)
@@ -148,24 +114,15 @@ class SegjaxAde20k(tfds.core.GeneratorBasedBuilder):
             mask_path = os.path.join(root, "annotations", sub, f"{stem}.png")
             if not os.path.isfile(mask_path):
                 raise DataError(f"{image_path}: image without mask (expected {mask_path})")
-            data = image_io.read_bytes(image_path)
-            image = image_io.decode_image(data, path=image_path)
             raw = image_io.decode_mask(image_io.read_bytes(mask_path), path=mask_path)
             mask = raw_to_classes(raw, mask_path)
-            image_io.check_example(
-                image, mask, num_classes=NUM_CLASSES, image_path=image_path, mask_path=mask_path
-            )
-            return stem, {
-                "image": image_io.image_feature_value(data, image),
-                "segmentation_mask": mask[..., None],
-                "file_name": stem,
-            }
+            return builders.file_example(stem, image_path, mask, mask_path, num_classes=NUM_CLASSES)
 
         counter = image_io.SkipCounter(self._skip_bad_examples)
         yield from image_io.generate_checked(stems, make, counter, f"segjax_ade20k {split}")
 
 
-def load(data_config) -> TfdsSource:
+def load(data_config) -> Source:
     """The ``ade20k`` dataset, prepared on first use.
 
     Reads ``data_dir``, ``manual_dir``, ``download`` and ``skip_bad_examples``.
@@ -175,16 +132,5 @@ def load(data_config) -> TfdsSource:
         download=bool(data_config.download),
         skip_bad_examples=bool(data_config.skip_bad_examples),
     )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir or None)
-    )
-    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
-    image_io.check_splits(builder.name, splits, os.fspath(builder.data_dir))
-    info = DatasetInfo(
-        name="ade20k",
-        num_classes=NUM_CLASSES,
-        class_names=CLASS_NAMES,
-        palette=default_palette(NUM_CLASSES),
-        splits=splits,
-    )
-    return TfdsSource(builder, info)
+    builders.prepare(builder, manual_dir=data_config.manual_dir)
+    return Source.from_builder(builder, name="ade20k", class_names=CLASS_NAMES)

@@ -1,17 +1,16 @@
-"""What every dataset adapter provides to the input pipeline.
+"""What every dataset adapter provides to the input pipeline: a :class:`Source`.
 
-A *source* yields full-resolution examples ``{"image": uint8 [H, W, 3], "mask": uint8 [H, W],
+A source yields full-resolution examples ``{"image": uint8 [H, W, 3], "mask": uint8 [H, W],
 "id": string}`` where mask values are class ids in ``[0, num_classes)`` or 255 (ignore), in a
-deterministic order, restricted to one process's part of the split.
+deterministic order, restricted to one process's part of the split. Every dataset is a prepared
+TFDS builder; what differs between datasets is how one stored example becomes that dict.
 """
 
 import dataclasses
-from typing import Protocol
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
-
-IGNORE_INDEX = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,17 +32,10 @@ class DatasetInfo:
     splits: dict[str, int]
 
 
-class Source(Protocol):
-    """A dataset the input pipeline can read."""
-
-    info: DatasetInfo
-
-    def as_dataset(
-        self, split: str, *, process_index: int = 0, process_count: int = 1
-    ) -> tf.data.Dataset:
-        """Examples of ``split`` that belong to ``process_index`` (of ``process_count``),
-        in a fixed order; every example belongs to exactly one process."""
-        ...
+def segmentation_example(ex: dict) -> dict:
+    """The pipeline's example from the features every segjax builder stores (``image``,
+    one-channel ``segmentation_mask`` of class ids, ``file_name``)."""
+    return {"image": ex["image"], "mask": ex["segmentation_mask"][..., 0], "id": ex["file_name"]}
 
 
 def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
@@ -77,16 +69,51 @@ def process_split(split: str, num_examples: int, process_index: int, process_cou
     return tfds.even_splits(split, n=process_count)[process_index]
 
 
-class TfdsSource:
-    """A source backed by a prepared TFDS builder with ``image`` and ``segmentation_mask``."""
+class Source:
+    """A dataset the input pipeline can read: a prepared TFDS builder, the dataset's
+    :class:`DatasetInfo`, and ``to_example``, which maps one stored TFDS example to
+    ``{"image", "mask", "id"}`` (see the module docstring) inside ``tf.data``."""
 
-    def __init__(self, builder: tfds.core.DatasetBuilder, info: DatasetInfo):
+    def __init__(
+        self,
+        builder: tfds.core.DatasetBuilder,
+        info: DatasetInfo,
+        to_example: Callable[[dict], dict] = segmentation_example,
+    ):
         self.builder = builder
         self.info = info
+        self.to_example = to_example
+
+    @classmethod
+    def from_builder(
+        cls,
+        builder: tfds.core.DatasetBuilder,
+        *,
+        name: str,
+        class_names: Sequence[str],
+        palette: Sequence[tuple[int, int, int]] = (),
+        to_example: Callable[[dict], dict] = segmentation_example,
+    ) -> "Source":
+        """The source of a prepared ``builder`` with every split it holds; ``palette`` defaults
+        to :func:`default_palette`."""
+        info = DatasetInfo(
+            name=name,
+            num_classes=len(class_names),
+            class_names=tuple(class_names),
+            palette=tuple(palette) or default_palette(len(class_names)),
+            splits={k: v.num_examples for k, v in builder.info.splits.items()},
+        )
+        return cls(builder, info, to_example)
 
     def as_dataset(
         self, split: str, *, process_index: int = 0, process_count: int = 1
     ) -> tf.data.Dataset:
+        """Examples of ``split`` that belong to ``process_index`` (of ``process_count``),
+        in a fixed order; every example belongs to exactly one process.
+
+        Raises:
+          ValueError: the dataset has no split ``split`` (the message lists its splits).
+        """
         if split not in self.info.splits:
             raise ValueError(
                 f"dataset {self.info.name!r} has no split {split!r}; "
@@ -98,12 +125,4 @@ class TfdsSource:
             shuffle_files=False,
             read_config=tfds.ReadConfig(interleave_cycle_length=1, add_tfds_id=False),
         )
-
-        def convert(ex):
-            return {
-                "image": ex["image"],
-                "mask": ex["segmentation_mask"][..., 0],
-                "id": ex["file_name"],
-            }
-
-        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.map(self.to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -12,10 +12,13 @@ rectification border, out of roi, static, dynamic, ground, parking, rail track, 
 bridge, tunnel, polegroup, caravan, trailer, license plate) becomes 255.
 """
 
+import os
+
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from segjax.data import image_io
-from segjax.data.base import DatasetInfo
+from segjax.data import builders, image_io
+from segjax.data.base import Source
 
 CLASS_NAMES = (
     "road",
@@ -83,35 +86,64 @@ PALETTE = (
 )
 LEFT_ZIP = "leftImg8bit_trainvaltest.zip"
 FINE_ZIP = "gtFine_trainvaltest.zip"
+_ZIP_SIZES = {LEFT_ZIP: "11 GB", FINE_ZIP: "241 MB"}
+_TRAIN_IDS = image_io.remap_table(LABEL_TO_TRAIN_ID)
 
 
-def source_from_builder(builder) -> image_io.MappedTfdsSource:
+def train_id_example(ex: dict) -> dict:
+    """The pipeline's example from a ``cityscapes/semantic_segmentation`` example, its label
+    ids mapped to train ids."""
+    label_ids = tf.cast(ex["segmentation_label"][..., 0], tf.int32)
+    mask = tf.gather(tf.constant(_TRAIN_IDS), label_ids)
+    return {"image": ex["image_left"], "mask": mask, "id": ex["image_id"]}
+
+
+def source_from_builder(builder) -> Source:
     """The Cityscapes source over a prepared ``cityscapes/semantic_segmentation`` builder."""
-    info = DatasetInfo(
+    return Source.from_builder(
+        builder,
         name="cityscapes",
-        num_classes=len(CLASS_NAMES),
         class_names=CLASS_NAMES,
         palette=PALETTE,
-        splits={k: v.num_examples for k, v in builder.info.splits.items()},
-    )
-    return image_io.MappedTfdsSource(
-        builder,
-        info,
-        image_key="image_left",
-        mask_key="segmentation_label",
-        id_key="image_id",
-        table=image_io.remap_table(LABEL_TO_TRAIN_ID),
+        to_example=train_id_example,
     )
 
 
-def load(data_config) -> image_io.MappedTfdsSource:
+def _require_zips(manual_dir: str) -> None:
+    """Stops with one line naming the missing zips (TFDS itself fails with an assertion)."""
+    missing = [n for n in _ZIP_SIZES if not os.path.isfile(os.path.join(manual_dir, n))]
+    if missing:
+        raise FileNotFoundError(
+            f"Cityscapes: {', '.join(missing)} not found in {manual_dir}; download "
+            + " and ".join(f"{n} ({_ZIP_SIZES[n]})" for n in missing)
+            + " from https://www.cityscapes-dataset.com (login needed) into that folder, or "
+            "set --config.data.manual_dir to where they are"
+        )
+
+
+def load(data_config) -> Source:
     """The ``cityscapes`` dataset, prepared from the manual zips on first use.
 
     Reads ``data_dir`` and ``manual_dir``.
+
+    Raises:
+      DataError: a zip is truncated or corrupt (the message names it), or a split is empty.
     """
     data_dir = data_config.data_dir or None
     builder = tfds.builder("cityscapes/semantic_segmentation", data_dir=data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir or None)
-    )
+    if not builder.is_prepared():
+        _require_zips(
+            data_config.manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual")
+        )
+    try:
+        builders.prepare(builder, manual_dir=data_config.manual_dir)
+    except builders.ExtractError as e:
+        message = str(e)
+        bad = next((name for name in _ZIP_SIZES if name in message), None)
+        if bad is None:
+            raise
+        # TFDS's builder extracts the zips itself; its message starts with the archive's path.
+        path = next((word for word in message.split() if word.endswith(bad)), bad)
+        hint = f"{_ZIP_SIZES[bad]}, from https://www.cityscapes-dataset.com"
+        raise builders.corrupt_archive_error(path, e, hint) from e
     return source_from_builder(builder)

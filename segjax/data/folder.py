@@ -27,9 +27,10 @@ import re
 
 import tensorflow_datasets as tfds
 
-from segjax.data import image_io
-from segjax.data.base import DatasetInfo, TfdsSource, default_palette
+from segjax.data import builders, image_io
+from segjax.data.base import Source
 from segjax.data.image_io import DataError
+from segjax.metrics import IGNORE_INDEX
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -118,17 +119,7 @@ class SegjaxFolder(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "segmentation_mask": tfds.features.Image(shape=(None, None, 1)),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
-            supervised_keys=("image", "segmentation_mask"),
-        )
+        return builders.segmentation_info(self, __doc__)
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -152,21 +143,15 @@ class SegjaxFolder(tfds.core.GeneratorBasedBuilder):
                 )
             if image_path is None:
                 raise DataError(f"{mask_path}: mask without image (no images/.../{key}.*)")
-            data = image_io.read_bytes(image_path)
-            image = image_io.decode_image(data, path=image_path, value_range=cfg.value_range)
             mask = image_io.decode_mask(image_io.read_bytes(mask_path), path=mask_path)
-            image_io.check_example(
-                image,
+            return builders.file_example(
+                key,
+                image_path,
                 mask,
+                mask_path,
                 num_classes=cfg.num_classes,
-                image_path=image_path,
-                mask_path=mask_path,
+                value_range=cfg.value_range,
             )
-            return key, {
-                "image": image_io.image_feature_value(data, image),
-                "segmentation_mask": mask[..., None],
-                "file_name": key,
-            }
 
         counter = image_io.SkipCounter(cfg.skip_bad_examples)
         yield from image_io.generate_checked(pairs, make, counter, f"{cfg.root} split {split!r}")
@@ -196,12 +181,15 @@ def class_names_of(data_config) -> tuple[str, ...]:
         raise DataError(
             f"{root}: config.data.num_classes={num_classes} but {len(names)} class names given"
         )
-    if len(names) > 255:
-        raise DataError(f"{root}: {len(names)} classes; uint8 masks (255 = ignore) fit 255")
+    if len(names) > IGNORE_INDEX:
+        raise DataError(
+            f"{root}: {len(names)} classes; uint8 masks ({IGNORE_INDEX} = ignore) fit "
+            f"{IGNORE_INDEX}"
+        )
     return names
 
 
-def load(data_config) -> TfdsSource:
+def load(data_config) -> Source:
     """The ``folder`` dataset at ``data_config.root``, prepared (when new or changed).
 
     Reads ``root``, ``num_classes``, ``class_names``, ``palette``, ``value_range``,
@@ -228,14 +216,5 @@ def load(data_config) -> TfdsSource:
         skip_bad_examples=skip,
     )
     builder = SegjaxFolder(config=config, data_dir=data_config.data_dir or None)
-    builder.download_and_prepare()
-    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
-    image_io.check_splits(f"folder {root}", splits, os.fspath(builder.data_dir))
-    info = DatasetInfo(
-        name="folder",
-        num_classes=len(names),
-        class_names=names,
-        palette=palette or default_palette(len(names)),
-        splits=splits,
-    )
-    return TfdsSource(builder, info)
+    builders.prepare(builder, where=f"folder {root}")
+    return Source.from_builder(builder, name="folder", class_names=names, palette=palette)

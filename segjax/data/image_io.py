@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from segjax.data.base import IGNORE_INDEX, DatasetInfo, process_split
+from segjax.metrics import IGNORE_INDEX
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp", ".pgm")
@@ -255,59 +255,6 @@ def remap_table(mapping: dict[int, int], default: int = IGNORE_INDEX) -> np.ndar
     for raw, cls in mapping.items():
         table[raw] = cls
     return table
-
-
-class MappedTfdsSource:
-    """A :class:`segjax.data.base.Source` over a prepared TFDS builder whose masks need a
-    per-value label mapping (e.g. Cityscapes label ids → train ids)."""
-
-    def __init__(
-        self,
-        builder,
-        info: DatasetInfo,
-        *,
-        image_key: str,
-        mask_key: str,
-        id_key: str,
-        table: np.ndarray | None,
-        split_names: dict[str, str] | None = None,
-    ):
-        self.builder = builder
-        self.info = info
-        self._keys = (image_key, mask_key, id_key)
-        self._table = None if table is None else tf.constant(table, tf.uint8)
-        self._split_names = split_names or {s: s for s in info.splits}
-
-    def as_dataset(
-        self, split: str, *, process_index: int = 0, process_count: int = 1
-    ) -> tf.data.Dataset:
-        """Examples of ``split`` in ``process_index``'s part (see ``base.Source``)."""
-        import tensorflow_datasets as tfds
-
-        if split not in self.info.splits:
-            raise ValueError(
-                f"dataset {self.info.name!r} has no split {split!r}; "
-                f"splits: {', '.join(sorted(self.info.splits))}"
-            )
-        tfds_split = self._split_names[split]
-        sub = process_split(tfds_split, self.info.splits[split], process_index, process_count)
-        ds = self.builder.as_dataset(
-            split=sub,
-            shuffle_files=False,
-            read_config=tfds.ReadConfig(interleave_cycle_length=1, add_tfds_id=False),
-        )
-        image_key, mask_key, id_key = self._keys
-        table = self._table
-
-        def convert(ex):
-            mask = ex[mask_key]
-            if mask.shape.rank == 3:
-                mask = mask[..., 0]
-            if table is not None:
-                mask = tf.gather(table, tf.cast(mask, tf.int32))
-            return {"image": ex[image_key], "mask": mask, "id": ex[id_key]}
-
-        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def find_files(directory: str, extensions: Sequence[str]) -> list[str]:

@@ -13,10 +13,13 @@ Splits: ``train`` 3,680 (the official trainval) and ``test`` 3,669. TFDS downloa
 (``images.tar.gz``, ``annotations.tar.gz`` from robots.ox.ac.uk) on first use.
 """
 
+import functools
+
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from segjax.data.base import IGNORE_INDEX, DatasetInfo, default_palette, process_split
+from segjax.data.base import Source
+from segjax.metrics import IGNORE_INDEX
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 SPECIES = ("cat", "dog")
@@ -94,61 +97,44 @@ def trimap_to_classes(
     return tf.cast(out, tf.uint8)
 
 
-class PetsSource:
-    """Source over a prepared ``oxford_iiit_pet`` builder (any builder with its features)."""
-
-    def __init__(self, builder, mode: str = "binary"):
-        if mode not in MODES:
-            raise ValueError(
-                f"config.data.config_name={mode!r} is not an Oxford-IIIT Pet mode; "
-                f"expected one of {list(MODES)}"
-            )
-        self.builder = builder
-        self.mode = mode
-        names = MODES[mode]
-        self.info = DatasetInfo(
-            name="pets",
-            num_classes=len(names),
-            class_names=names,
-            palette=default_palette(len(names)),
-            splits={k: v.num_examples for k, v in builder.info.splits.items()},
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(
+            f"config.data.config_name={mode!r} is not an Oxford-IIIT Pet mode; "
+            f"expected one of {list(MODES)}"
         )
 
-    def as_dataset(
-        self, split: str, *, process_index: int = 0, process_count: int = 1
-    ) -> tf.data.Dataset:
-        """Examples of ``split`` in ``process_index``'s part (see ``base.Source``)."""
-        if split not in self.info.splits:
-            known = ", ".join(sorted(self.info.splits))
-            raise ValueError(f"dataset 'pets' has no split {split!r}; splits: {known}")
-        sub = process_split(split, self.info.splits[split], process_index, process_count)
-        ds = self.builder.as_dataset(
-            split=sub,
-            shuffle_files=False,
-            read_config=tfds.ReadConfig(interleave_cycle_length=1, add_tfds_id=False),
-        )
-        mode = self.mode
 
-        def convert(ex):
-            mask = trimap_to_classes(
-                ex["segmentation_mask"][..., 0], ex["species"], ex["label"], mode
-            )
-            return {"image": ex["image"], "mask": mask, "id": ex["file_name"]}
-
-        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+def pet_example(ex: dict, mode: str) -> dict:
+    """The pipeline's example from an ``oxford_iiit_pet`` example, its trimap mapped to the
+    class ids of ``mode``."""
+    mask = trimap_to_classes(ex["segmentation_mask"][..., 0], ex["species"], ex["label"], mode)
+    return {"image": ex["image"], "mask": mask, "id": ex["file_name"]}
 
 
-def load(data_config) -> PetsSource:
+def source_from_builder(builder, mode: str = "binary") -> Source:
+    """The Pet source of ``mode`` over a prepared ``oxford_iiit_pet`` builder (any builder with
+    its features).
+
+    Raises:
+      ValueError: ``mode`` is not one of :data:`MODES`.
+    """
+    _check_mode(mode)
+    return Source.from_builder(
+        builder,
+        name="pets",
+        class_names=MODES[mode],
+        to_example=functools.partial(pet_example, mode=mode),
+    )
+
+
+def load(data_config) -> Source:
     """The ``pets`` dataset (downloads and prepares ``oxford_iiit_pet`` on first use).
 
     Reads ``data_dir`` and ``config_name`` (the mode; ``""`` = ``"binary"``).
     """
     mode = data_config.config_name or "binary"
-    if mode not in MODES:  # fail before a download
-        raise ValueError(
-            f"config.data.config_name={mode!r} is not an Oxford-IIIT Pet mode; "
-            f"expected one of {list(MODES)}"
-        )
+    _check_mode(mode)  # fail before a download
     builder = tfds.builder("oxford_iiit_pet", data_dir=data_config.data_dir or None)
     builder.download_and_prepare()
-    return PetsSource(builder, mode)
+    return source_from_builder(builder, mode)

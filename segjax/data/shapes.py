@@ -11,7 +11,9 @@ identical on every machine; it prepares itself under the TFDS ``data_dir`` in a 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segjax.data.base import IGNORE_INDEX, DatasetInfo, TfdsSource, default_palette
+from segjax.data import builders
+from segjax.data.base import Source
+from segjax.metrics import IGNORE_INDEX
 
 CLASS_NAMES = ("background", "circle", "square", "triangle")
 IMAGE_SIZE = 64
@@ -95,17 +97,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-                    "segmentation_mask": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 1)),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
-            supervised_keys=("image", "segmentation_mask"),
-        )
+        return builders.segmentation_info(self, __doc__, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -118,7 +110,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
             yield key, {"image": image, "segmentation_mask": mask[..., None], "file_name": key}
 
 
-def load(data_dir: str | None, config_name: str = "") -> TfdsSource:
+def load(data_dir: str | None, config_name: str = "") -> Source:
     """Prepares (first use only) and returns the ``shapes`` source.
 
     Args:
@@ -130,11 +122,4 @@ def load(data_dir: str | None, config_name: str = "") -> TfdsSource:
         raise ValueError(f"shapes has no config {config_name!r}; configs: {', '.join(names)}")
     builder = Shapes(data_dir=data_dir, config=config_name or "default")
     builder.download_and_prepare()
-    info = DatasetInfo(
-        name="shapes",
-        num_classes=len(CLASS_NAMES),
-        class_names=CLASS_NAMES,
-        palette=default_palette(len(CLASS_NAMES)),
-        splits={k: builder.info.splits[k].num_examples for k in builder.builder_config.split_sizes},
-    )
-    return TfdsSource(builder, info)
+    return Source.from_builder(builder, name="shapes", class_names=CLASS_NAMES)

@@ -23,8 +23,8 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
-from segjax.data import image_io
-from segjax.data.base import DatasetInfo, TfdsSource, default_palette
+from segjax.data import builders, image_io
+from segjax.data.base import Source
 from segjax.data.image_io import DataError
 
 CLASS_NAMES = (
@@ -59,10 +59,6 @@ SBD_URL = (
     "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
     "benchmark.tgz"
 )
-# Where each archive's content lives once extracted, relative to the extraction root.
-_VOC_SUBDIRS = ("VOCdevkit/VOC2012", "VOC2012", "VOCtrainval_11-May-2012/VOCdevkit/VOC2012")
-_SBD_SUBDIRS = ("benchmark_RELEASE/dataset", "benchmark/benchmark_RELEASE/dataset", "dataset")
-
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Put these files (archives as downloaded, or their extracted folders) in the manual directory
 (`config.data.manual_dir`, default <data_dir>/downloads/manual):
@@ -85,6 +81,24 @@ def _is_sbd_root(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "cls")) and os.path.isfile(
         os.path.join(path, "train.txt")
     )
+
+
+VOC = builders.ManualArchive(
+    filename=VOC_ARCHIVE,
+    url=VOC_URL,
+    size="~2 GB",
+    what="VOC2012",
+    subdirs=("VOCdevkit/VOC2012", "VOC2012", "VOCtrainval_11-May-2012/VOCdevkit/VOC2012"),
+    is_root=_is_voc_root,
+)
+SBD = builders.ManualArchive(
+    filename=SBD_ARCHIVE,
+    url=SBD_URL,
+    size="~1.4 GB",
+    what="SBD dataset",
+    subdirs=("benchmark_RELEASE/dataset", "benchmark/benchmark_RELEASE/dataset", "dataset"),
+    is_root=_is_sbd_root,
+)
 
 
 def read_id_list(path: str) -> list[str]:
@@ -117,12 +131,13 @@ class VocConfig(tfds.core.BuilderConfig):
         self.augmented = augmented
 
 
-class SegjaxVoc(tfds.core.GeneratorBasedBuilder):
+class SegjaxVoc(builders.ArchiveBuilder):
     """PASCAL VOC 2012 segmentation (+ SBD); see the module docstring."""
 
     name = "segjax_voc"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
+    HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [
         VocConfig(
@@ -135,68 +150,14 @@ class SegjaxVoc(tfds.core.GeneratorBasedBuilder):
         ),
     ]
 
-    def __init__(self, *, download: bool = False, skip_bad_examples: bool = False, **kwargs):
-        self._download = download
-        self._skip_bad_examples = skip_bad_examples
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "segmentation_mask": tfds.features.Image(shape=(None, None, 1)),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
-            supervised_keys=("image", "segmentation_mask"),
-            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-        )
-
-    def _locate(self, dl_manager, archive: str, url: str, subdirs, is_root, what: str) -> str:
-        """The folder of ``what``: extracted in the manual dir, extracted from its archive there,
-        or downloaded. Raises ``DataError`` with the manual-download instructions otherwise."""
-        try:
-            manual = os.fspath(dl_manager.manual_dir)
-        except AssertionError:
-            manual = None
-        if manual:
-            for sub in subdirs:  # already extracted: no need to extract the archive again
-                if is_root(os.path.join(manual, sub)):
-                    return os.path.join(manual, sub)
-            archive_path = os.path.join(manual, archive)
-            if os.path.isfile(archive_path):
-                root = os.fspath(dl_manager.extract(archive_path))
-                for sub in subdirs:
-                    if is_root(os.path.join(root, sub)):
-                        return os.path.join(root, sub)
-                raise DataError(f"{archive_path}: archive does not hold {what} ({subdirs[0]}/)")
-        tried = f"looked in {manual!r}" if manual else "no manual directory exists"
-        if self._download:
-            try:
-                root = os.fspath(dl_manager.download_and_extract(url))
-            except Exception as e:  # any network failure ends in the same advice
-                raise DataError(
-                    f"{what} not found ({tried}) and downloading {url} failed ({e}).\n"
-                    + MANUAL_DOWNLOAD_INSTRUCTIONS
-                ) from e
-            for sub in subdirs:
-                if is_root(os.path.join(root, sub)):
-                    return os.path.join(root, sub)
-            raise DataError(f"{url}: downloaded archive does not hold {what}")
-        raise DataError(f"{what} not found ({tried}).\n" + MANUAL_DOWNLOAD_INSTRUCTIONS)
-
     def _split_generators(self, dl_manager):
-        voc = self._locate(dl_manager, VOC_ARCHIVE, VOC_URL, _VOC_SUBDIRS, _is_voc_root, "VOC2012")
+        voc = self.locate(dl_manager, VOC)
         lists = os.path.join(voc, "ImageSets", "Segmentation")
         train = read_id_list(os.path.join(lists, "train.txt"))
         val = read_id_list(os.path.join(lists, "val.txt"))
         sbd = None
         if self.builder_config.augmented:
-            sbd = self._locate(
-                dl_manager, SBD_ARCHIVE, SBD_URL, _SBD_SUBDIRS, _is_sbd_root, "SBD dataset"
-            )
+            sbd = self.locate(dl_manager, SBD)
             sbd_ids = read_id_list(os.path.join(sbd, "train.txt")) + read_id_list(
                 os.path.join(sbd, "val.txt")
             )
@@ -237,22 +198,15 @@ class SegjaxVoc(tfds.core.GeneratorBasedBuilder):
                 if not os.path.isfile(mask_path):
                     raise DataError(f"{mask_path}: mask of image {image_path} not found")
                 mask = read_sbd_mat(mask_path)
-            data = image_io.read_bytes(image_path)
-            image = image_io.decode_image(data, path=image_path)
-            image_io.check_example(
-                image, mask, num_classes=NUM_CLASSES, image_path=image_path, mask_path=mask_path
+            return builders.file_example(
+                image_id, image_path, mask, mask_path, num_classes=NUM_CLASSES
             )
-            return image_id, {
-                "image": image_io.image_feature_value(data, image),
-                "segmentation_mask": mask[..., None],
-                "file_name": image_id,
-            }
 
         counter = image_io.SkipCounter(self._skip_bad_examples)
         yield from image_io.generate_checked(items, make, counter, f"segjax_voc {split}")
 
 
-def load_builder(data_config, config_name: str) -> TfdsSource:
+def load_builder(data_config, config_name: str) -> Source:
     """Prepares (first use only) builder config ``config_name`` and returns its source.
 
     Reads ``data_dir``, ``manual_dir``, ``download`` and ``skip_bad_examples`` of
@@ -264,25 +218,15 @@ def load_builder(data_config, config_name: str) -> TfdsSource:
         download=bool(data_config.download),
         skip_bad_examples=bool(data_config.skip_bad_examples),
     )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=data_config.manual_dir or None)
-    )
-    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
-    image_io.check_splits(builder.name, splits, os.fspath(builder.data_dir))
-    info = DatasetInfo(
-        name="voc_aug" if config_name == "aug" else "voc",
-        num_classes=NUM_CLASSES,
-        class_names=CLASS_NAMES,
-        palette=default_palette(NUM_CLASSES),
-        splits=splits,
-    )
-    return TfdsSource(builder, info)
+    builders.prepare(builder, manual_dir=data_config.manual_dir)
+    name = "voc_aug" if config_name == "aug" else "voc"
+    return Source.from_builder(builder, name=name, class_names=CLASS_NAMES)
 
 
 _CONFIG_NAMES = {"": "voc2012", "2012": "voc2012", "voc2012": "voc2012", "aug": "aug"}
 
 
-def load(data_config) -> TfdsSource:
+def load(data_config) -> Source:
     """The ``voc`` dataset: VOC 2012 train 1,464 / validation 1,449, or with
     ``data_config.config_name="aug"`` the same as ``voc_aug``."""
     name = data_config.config_name
@@ -293,6 +237,6 @@ def load(data_config) -> TfdsSource:
     return load_builder(data_config, _CONFIG_NAMES[name])
 
 
-def load_aug(data_config) -> TfdsSource:
+def load_aug(data_config) -> Source:
     """The ``voc_aug`` dataset: VOC 2012 + SBD, train_aug 10,582 / validation 1,449."""
     return load_builder(data_config, "aug")

@@ -39,8 +39,8 @@ HWIO ↔ OIHW; BN ``scale``/``bias``/``mean``/``var`` ↔ ``weight``/``bias``/``
     classifier/aspp/project/{conv,bn}      classifier.0.project.{0,1}
     classifier/conv/{conv,bn}              classifier.{1,2}
     classifier/out/{kernel,bias}           classifier.4.{weight,bias}
-    aux_classifier/conv/{conv,bn}          aux_classifier.{0,1}
-    aux_classifier/out/{kernel,bias}       aux_classifier.4.{weight,bias}
+    aux_classifier/{conv,bn}               aux_classifier.{0,1}    (fcn.FCNHead)
+    aux_classifier/cls/{kernel,bias}       aux_classifier.4.{weight,bias}
 
 For MobileNetV3 ``backbone/features_{i}/…`` ↔ ``backbone.{i}.…``.
 """
@@ -53,79 +53,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.backbones import mobilenet, resnet, vgg, xception
+from segjax.models import backbones
+from segjax.models.backbones import vgg
+from segjax.models.fcn import aux_logits
 from segjax.models.layers import ConvBN, SeparableConvBN, resize_bilinear
 
 Dtype = Any
 
 
-# ----------------------------------------------------------------------------- backbones
-
-
-def build_backbone(
-    kind: str,
-    *,
-    output_stride: int,
-    multi_grid: Sequence[int] = (1, 1, 1),
-    dtype: Dtype = jnp.float32,
-    name: str = "backbone",
-) -> tuple[nn.Module, dict[str, str]]:
-    """Builds a dilated backbone for the DeepLab / PSPNet heads.
-
-    Args:
-      kind: ``resnet50``, ``resnet101``, ``resnet_tiny``, ``xception65``, ``xception_tiny``,
-        ``mobilenetv2``, ``mobilenetv2_tiny``, ``mobilenet_v3_large`` or
-        ``mobilenet_v3_large_tiny``.
-      output_stride: 8, 16 or 32 (MobileNetV3: 16 or 32, torchvision's ``dilated`` flag).
-      multi_grid: rate multipliers of the last stage (ResNet, Xception).
-      dtype: compute dtype.
-      name: Flax name of the module.
-
-    Returns:
-      ``(module, keys)``: ``keys`` maps the roles ``"out"`` (high-level feature), ``"low"``
-      (stride-4/8 feature for the v3+ decoder) and ``"aux"`` (feature for an auxiliary head)
-      to keys of the backbone's output dict.
-
-    Raises:
-      ValueError: unknown ``kind`` or unsupported ``output_stride``.
-    """
-    res_keys = {"out": "layer4", "low": "layer1", "aux": "layer3"}
-    mg = tuple(multi_grid)
-    if kind in ("resnet50", "resnet101"):
-        module = resnet.resnet(
-            int(kind[6:]), output_stride=output_stride, multi_grid=mg, dtype=dtype, name=name
-        )
-        return module, res_keys
-    if kind == "resnet_tiny":
-        blocks = (1, 1, 1, max(1, len(mg)))
-        module = resnet.resnet_tiny(
-            output_stride=output_stride, stage_blocks=blocks, multi_grid=mg, dtype=dtype, name=name
-        )
-        return module, res_keys
-    xcp_keys = {"out": "out", "low": "low", "aux": "middle"}
-    if kind == "xception65":
-        return xception.Xception65(output_stride, mg, dtype=dtype, name=name), xcp_keys
-    if kind == "xception_tiny":
-        module = xception.Xception65(output_stride, mg, 0.125, 2, dtype=dtype, name=name)
-        return module, xcp_keys
-    mbv2_keys = {"out": "out", "low": "low", "aux": "features_13"}
-    if kind in ("mobilenetv2", "mobilenetv2_tiny"):
-        width = 0.25 if kind.endswith("tiny") else 1.0
-        return mobilenet.MobileNetV2(output_stride, width, dtype=dtype, name=name), mbv2_keys
-    if kind in ("mobilenet_v3_large", "mobilenet_v3_large_tiny"):
-        if output_stride not in (16, 32):
-            raise ValueError(
-                f"{kind}: output_stride must be 16 (dilated) or 32 as in torchvision, "
-                f"got {output_stride}"
-            )
-        width = 0.25 if kind.endswith("tiny") else 1.0
-        module = mobilenet.MobileNetV3Large(output_stride == 16, width, dtype=dtype, name=name)
-        return module, {"out": "out", "low": "low", "aux": "low"}
-    raise ValueError(
-        f"deeplab: unknown backbone {kind!r}; expected resnet50, resnet101, resnet_tiny, "
-        "xception65, xception_tiny, mobilenetv2, mobilenetv2_tiny, mobilenet_v3_large, "
-        "mobilenet_v3_large_tiny"
-    )
+# ----------------------------------------------------------------------------- heads
 
 
 def default_rates(output_stride: int, base: Sequence[int] = (6, 12, 18)) -> tuple[int, ...]:
@@ -136,9 +72,6 @@ def default_rates(output_stride: int, base: Sequence[int] = (6, 12, 18)) -> tupl
     if output_stride not in (8, 16, 32):
         raise ValueError(f"deeplab: output_stride must be 8, 16 or 32, got {output_stride}")
     return tuple(max(1, r * 16 // output_stride) for r in base)
-
-
-# ----------------------------------------------------------------------------- heads
 
 
 class ASPP(nn.Module):
@@ -214,26 +147,6 @@ class DeepLabHead(nn.Module):
         return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="out")(x)
 
 
-class FCNHead(nn.Module):
-    """torchvision's ``FCNHead`` (auxiliary head): 3×3 conv to C/4 + BN + ReLU, dropout 0.1, 1×1.
-
-    Attributes:
-      num_classes: output channels.
-      dropout: dropout rate before the classifier.
-      dtype: compute dtype.
-    """
-
-    num_classes: int
-    dropout: float = 0.1
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = ConvBN(x.shape[-1] // 4, 3, dtype=self.dtype, name="conv")(x, train=train)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="out")(x)
-
-
 def _upsample_logits(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     return resize_bilinear(x.astype(jnp.float32), size)
 
@@ -249,7 +162,7 @@ class DeepLabV3(nn.Module):
 
     Attributes:
       num_classes: output channels.
-      backbone: a :func:`build_backbone` kind.
+      backbone: a :func:`segjax.models.backbones.create` name.
       output_stride: 8, 16 or 32.
       multi_grid: rate multipliers of the last backbone stage (paper: (1, 2, 4)).
       rates: ASPP rates; ``None`` → :func:`default_rates` of the output stride.
@@ -272,13 +185,14 @@ class DeepLabV3(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         size = images.shape[1:3]
-        net, keys = build_backbone(
+        feats = backbones.extract_features(
             self.backbone,
+            images,
+            train=train,
             output_stride=self.output_stride,
             multi_grid=self.multi_grid,
             dtype=self.dtype,
         )
-        feats = net(images, train=train)
         rates = self.rates if self.rates is not None else default_rates(self.output_stride)
         out = DeepLabHead(
             self.num_classes,
@@ -287,13 +201,12 @@ class DeepLabV3(nn.Module):
             self.head_conv,
             dtype=self.dtype,
             name="classifier",
-        )(feats[keys["out"]], train=train)
+        )(feats["out"], train=train)
         result = {"out": _upsample_logits(out, size)}
         if self.aux:
-            aux = FCNHead(self.num_classes, dtype=self.dtype, name="aux_classifier")(
-                feats[keys["aux"]], train=train
+            result["aux"] = aux_logits(
+                feats["aux"], self.num_classes, size, train=train, dtype=self.dtype
             )
-            result["aux"] = _upsample_logits(aux, size)
         return result
 
 
@@ -307,7 +220,7 @@ class DeepLabV3Plus(nn.Module):
 
     Attributes:
       num_classes: output channels.
-      backbone: a :func:`build_backbone` kind.
+      backbone: a :func:`segjax.models.backbones.create` name.
       output_stride: 8, 16 (default) or 32.
       multi_grid: rate multipliers of the last backbone stage.
       rates: ASPP rates; ``None`` → :func:`default_rates`.
@@ -332,19 +245,20 @@ class DeepLabV3Plus(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         size = images.shape[1:3]
-        net, keys = build_backbone(
+        feats = backbones.extract_features(
             self.backbone,
+            images,
+            train=train,
             output_stride=self.output_stride,
             multi_grid=self.multi_grid,
             dtype=self.dtype,
         )
-        feats = net(images, train=train)
         rates = self.rates if self.rates is not None else default_rates(self.output_stride)
         x = ASPP(tuple(rates), self.aspp_features, self.separable, 0.1, self.dtype, name="aspp")(
-            feats[keys["out"]], train=train
+            feats["out"], train=train
         )
         low = ConvBN(self.low_level_features, 1, dtype=self.dtype, name="low_level_project")(
-            feats[keys["low"]], train=train
+            feats["low"], train=train
         )
         x = resize_bilinear(x, low.shape[1:3])
         x = jnp.concatenate([x, low], axis=-1)
@@ -354,10 +268,9 @@ class DeepLabV3Plus(nn.Module):
         out = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(x)
         result = {"out": _upsample_logits(out, size)}
         if self.aux:
-            aux = FCNHead(self.num_classes, dtype=self.dtype, name="aux_classifier")(
-                feats[keys["aux"]], train=train
+            result["aux"] = aux_logits(
+                feats["aux"], self.num_classes, size, train=train, dtype=self.dtype
             )
-            result["aux"] = _upsample_logits(aux, size)
         return result
 
 
@@ -369,7 +282,7 @@ class DeepLabV2(nn.Module):
 
     Attributes:
       num_classes: output channels.
-      backbone: a :func:`build_backbone` kind (ResNet-101 in the paper).
+      backbone: a :func:`segjax.models.backbones.create` name (ResNet-101 in the paper).
       output_stride: 8 (the paper) or 16.
       rates: ``None`` → the scaled paper rates.
       dtype: compute dtype.
@@ -386,10 +299,9 @@ class DeepLabV2(nn.Module):
         if self.output_stride not in (8, 16):
             raise ValueError(f"DeepLabV2: output_stride must be 8 or 16, got {self.output_stride}")
         size = images.shape[1:3]
-        net, keys = build_backbone(
-            self.backbone, output_stride=self.output_stride, dtype=self.dtype
-        )
-        x = net(images, train=train)[keys["out"]]
+        x = backbones.extract_features(
+            self.backbone, images, train=train, output_stride=self.output_stride, dtype=self.dtype
+        )["out"]
         rates = self.rates
         if rates is None:
             rates = tuple(r * 8 // self.output_stride for r in (6, 12, 18, 24))

@@ -39,7 +39,13 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.backbones import resnet, vgg
-from segjax.models.layers import BilinearConvTranspose, batch_norm, resize_bilinear, same_padding
+from segjax.models.layers import (
+    BilinearConvTranspose,
+    batch_norm,
+    conv_init,
+    resize_bilinear,
+    same_padding,
+)
 
 Dtype = Any
 
@@ -101,20 +107,32 @@ class FCN(nn.Module):
             name=name,
         )(x)
 
-    def _upsample(self, x: jax.Array, factor: int, name: str, offset: int, size) -> jax.Array:
-        up = BilinearConvTranspose(
+    def _transposed(self, factor: int, name: str) -> BilinearConvTranspose:
+        return BilinearConvTranspose(
             factor,
             trainable=not self.fixed_upsampling,
             impl=self.upsample_impl,
             dtype=self.dtype,
             name=name,
         )
+
+    def _upsample(self, x: jax.Array, factor: int, name: str, offset: int, size) -> jax.Array:
+        up = self._transposed(factor, name)
         if self.paper_alignment:
             return _crop(up(x), offset, size)
         # One edge pixel on each side gives every output its two bilinear neighbours; the
         # transposed conv then centres input i on output factor·i + (factor − 1)/2.
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
         return _crop(up(x), factor + factor // 2, size)
+
+    def _fuse(self, score: jax.Array, skip: jax.Array, name: str, offset: int) -> jax.Array:
+        """×2-upsampled ``score`` plus the skip's score map, aligned as the variant demands."""
+        if self.paper_alignment:
+            # The paper crops the skip scores to the upsampled map ...
+            up = self._transposed(2, name)(score)
+            return up + _crop(skip, offset, up.shape[1:3])
+        # ... the aligned form crops the upsampled map to the skip scores (no offset).
+        return self._upsample(score, 2, name, 0, skip.shape[1:3]) + skip
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -141,67 +159,42 @@ class FCN(nn.Module):
                 x = x * AT_ONCE_SCALES[name]
             return self._score(x, f"score_{name}")
 
-        # The paper crops the skip scores to the upsampled map; the aligned form crops the
-        # upsampled map to the skip scores (same position, no offset).
-        score_pool4 = skip("pool4")
-        if self.paper_alignment:
-            up = BilinearConvTranspose(
-                2,
-                trainable=not self.fixed_upsampling,
-                impl=self.upsample_impl,
-                dtype=self.dtype,
-                name="upscore2",
-            )(score)
-            score = up + _crop(score_pool4, offsets["pool4"], up.shape[1:3])
-        else:
-            score = self._upsample(score, 2, "upscore2", 0, score_pool4.shape[1:3]) + score_pool4
+        score = self._fuse(score, skip("pool4"), "upscore2", offsets["pool4"])
         if self.variant == "16s":
             out = self._upsample(score, 16, "upscore16", offsets["out"], (height, width))
             return {"out": out.astype(jnp.float32)}
-
-        score_pool3 = skip("pool3")
-        if self.paper_alignment:
-            up = BilinearConvTranspose(
-                2,
-                trainable=not self.fixed_upsampling,
-                impl=self.upsample_impl,
-                dtype=self.dtype,
-                name="upscore_pool4",
-            )(score)
-            score = up + _crop(score_pool3, offsets["pool3"], up.shape[1:3])
-        else:
-            score = (
-                self._upsample(score, 2, "upscore_pool4", 0, score_pool3.shape[1:3]) + score_pool3
-            )
+        score = self._fuse(score, skip("pool3"), "upscore_pool4", offsets["pool3"])
         out = self._upsample(score, 8, "upscore8", offsets["out"], (height, width))
         return {"out": out.astype(jnp.float32)}
 
 
 class FCNHead(nn.Module):
-    """torchvision's ``FCNHead``: 3×3 conv (no bias) → BN → ReLU → dropout 0.1 → 1×1 conv.
+    """torchvision's ``FCNHead``: 3×3 conv (no bias) to C/4 → BN → ReLU → dropout → 1×1 conv.
+
+    The classifier of FCN-ResNet and the auxiliary head of FCN-ResNet, DeepLab v3 / v3+ and
+    PSPNet. Its flat names are the indices of torchvision's ``Sequential``: ``conv`` ↔ ``.0``,
+    ``bn`` ↔ ``.1``, ``cls`` ↔ ``.4``.
 
     Attributes:
       num_classes: output channels.
-      channels: inner channels (torchvision: input channels // 4).
-      dropout_rate: dropout before the classifier.
+      dropout_rate: dropout before the classifier (0.1 as torchvision).
       dtype: compute dtype.
     """
 
     num_classes: int
-    channels: int
     dropout_rate: float = 0.1
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = nn.Conv(
-            self.channels,
+            x.shape[-1] // 4,
             (3, 3),
             padding=same_padding(3),
             use_bias=False,
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            kernel_init=resnet.conv_init,
+            kernel_init=conv_init,
             name="conv",
         )(x)
         x = nn.relu(batch_norm(train, self.dtype, name="bn")(x))
@@ -209,6 +202,19 @@ class FCNHead(nn.Module):
         return nn.Conv(
             self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="cls"
         )(x)
+
+
+def aux_logits(
+    feature: jax.Array, num_classes: int, size: Sequence[int], *, train: bool, dtype: Dtype
+) -> jax.Array:
+    """The auxiliary :class:`FCNHead` (``aux_classifier``) on ``feature``, as float32 logits
+    bilinearly upsampled to ``size``.
+
+    Call it inside the parent model's ``@nn.compact`` ``__call__``: the head becomes that
+    model's ``aux_classifier`` submodule.
+    """
+    logits = FCNHead(num_classes, dtype=dtype, name="aux_classifier")(feature, train=train)
+    return resize_bilinear(logits.astype(jnp.float32), size)
 
 
 class FCNResNet(nn.Module):
@@ -247,17 +253,15 @@ class FCNResNet(nn.Module):
             dtype=self.dtype,
             name="backbone",
         )
-        channels = backbone.stage_channels()
         feats = backbone(images, train=train)
-        out = FCNHead(
-            self.num_classes, channels["layer4"] // 4, dtype=self.dtype, name="classifier"
-        )(feats["layer4"], train=train)
-        result = {"out": resize_bilinear(out, size).astype(jnp.float32)}
+        out = FCNHead(self.num_classes, dtype=self.dtype, name="classifier")(
+            feats["layer4"], train=train
+        )
+        result = {"out": resize_bilinear(out.astype(jnp.float32), size)}
         if self.aux:
-            aux = FCNHead(
-                self.num_classes, channels["layer3"] // 4, dtype=self.dtype, name="aux_classifier"
-            )(feats["layer3"], train=train)
-            result["aux"] = resize_bilinear(aux, size).astype(jnp.float32)
+            result["aux"] = aux_logits(
+                feats["layer3"], self.num_classes, size, train=train, dtype=self.dtype
+            )
         return result
 
 

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.deeplab import build_backbone
+from segjax.models import backbones
 from segjax.models.layers import ConvBN, resize_bilinear
 
 Dtype = Any
@@ -76,12 +76,11 @@ class LRASPP(nn.Module):
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         if not self.backbone.startswith("mobilenet_v3"):
             raise ValueError(f"LRASPP: backbone must be a MobileNetV3 kind, got {self.backbone!r}")
-        net, keys = build_backbone(
-            self.backbone, output_stride=self.output_stride, dtype=self.dtype
+        feats = backbones.extract_features(
+            self.backbone, images, train=train, output_stride=self.output_stride, dtype=self.dtype
         )
-        feats = net(images, train=train)
         out = LRASPPHead(self.num_classes, self.inter_channels, self.dtype, name="classifier")(
-            feats[keys["low"]], feats[keys["out"]], train=train
+            feats["low"], feats["out"], train=train
         )
         return {"out": resize_bilinear(out.astype(jnp.float32), images.shape[1:3])}
 

@@ -6,7 +6,7 @@ Pyramid pooling module (``ppm``): adaptive average pooling to 1×1, 2×2, 3×3 a
 (PyTorch's ``AdaptiveAvgPool2d`` bin edges, exact for any size), each followed by a 1×1 conv to
 ``C/4`` channels + BN + ReLU and bilinear upsampling; concatenated with the feature, then a
 3×3 conv to 512 + BN + ReLU (``bottleneck``), dropout 0.1 and the 1×1 classifier. The
-auxiliary FCNHead sits on layer3 (1024 → 256 → classes); logits are upsampled to the input.
+auxiliary ``fcn.FCNHead`` sits on layer3 (1024 → 256 → classes); logits are upsampled to the input.
 
 Parameters for 21 classes (``jax.eval_shape``): ``pspnet_resnet50`` 48,957,802 with aux
 (46,592,597 without); ``pspnet_resnet101`` 67,949,930 (65,584,725).
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax.models.deeplab import FCNHead, build_backbone
+from segjax.models import backbones
+from segjax.models.fcn import aux_logits
 from segjax.models.layers import ConvBN, resize_bilinear
 
 Dtype = Any
@@ -78,7 +79,7 @@ class PSPNet(nn.Module):
 
     Attributes:
       num_classes: output channels.
-      backbone: a ``deeplab.build_backbone`` kind (ResNet-50/101 in the paper).
+      backbone: a :func:`segjax.models.backbones.create` name (ResNet-50/101 in the paper).
       output_stride: 8 (the paper) or 16.
       bins: pyramid bins.
       features: channels of the bottleneck conv after pooling (512).
@@ -97,22 +98,20 @@ class PSPNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         size = images.shape[1:3]
-        net, keys = build_backbone(
-            self.backbone, output_stride=self.output_stride, dtype=self.dtype
+        feats = backbones.extract_features(
+            self.backbone, images, train=train, output_stride=self.output_stride, dtype=self.dtype
         )
-        feats = net(images, train=train)
         x = PyramidPooling(tuple(self.bins), dtype=self.dtype, name="ppm")(
-            feats[keys["out"]], train=train
+            feats["out"], train=train
         )
         x = ConvBN(self.features, 3, dtype=self.dtype, name="bottleneck")(x, train=train)
         x = nn.Dropout(0.1, deterministic=not train)(x)
         out = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(x)
         result = {"out": resize_bilinear(out.astype(jnp.float32), size)}
         if self.aux:
-            aux = FCNHead(self.num_classes, dtype=self.dtype, name="aux_classifier")(
-                feats[keys["aux"]], train=train
+            result["aux"] = aux_logits(
+                feats["aux"], self.num_classes, size, train=train, dtype=self.dtype
             )
-            result["aux"] = resize_bilinear(aux.astype(jnp.float32), size)
         return result
 
 

@@ -23,51 +23,15 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models.layers import ConvBN
+from segjax.ops.resample import max_pool2x2, upconv2x2
 
 Dtype = Any
 
 
-def _upconv_as_einsum(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """The 2×2 stride-2 transposed convolution as one matmul and a depth-to-space.
-
-    With kernel size equal to stride the output windows do not overlap: output pixel
-    ``(2i + a, 2j + b)`` is ``x[i, j] @ kernel[1 - a, 1 - b]`` (``lax.conv_transpose`` flips
-    the kernel, as a true transposed convolution does).
-    """
-    n, h, w, _ = x.shape
-    y = jnp.einsum("nijc,abco->niajbo", x, kernel[::-1, ::-1])
-    return y.reshape(n, 2 * h, 2 * w, kernel.shape[-1])
-
-
-@jax.custom_vjp
-def upconv2x2(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """2×2 stride-2 transposed convolution (NHWC, HWIO kernel) via ``lax.conv_transpose``.
-
-    The forward pass is ``lax.conv_transpose`` (lhs dilation). Its gradient as XLA:CPU derives it
-    is a dilated convolution about 15× slower than the forward pass; the backward pass here is
-    the gradient of the equal matmul form (:func:`_upconv_as_einsum`), which costs about as much
-    as the forward pass. Values and gradients equal ``nn.ConvTranspose``'s within float rounding.
-    """
-    return jax.lax.conv_transpose(
-        x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-
-
-def _upconv_fwd(x, kernel):
-    return upconv2x2(x, kernel), (x, kernel)
-
-
-def _upconv_bwd(res, g):
-    _, vjp = jax.vjp(_upconv_as_einsum, *res)
-    return vjp(g)
-
-
-upconv2x2.defvjp(_upconv_fwd, _upconv_bwd)
-
-
 class UpConv2x2(nn.Module):
     """``nn.ConvTranspose(features, (2, 2), (2, 2))`` with the same parameters (``kernel``
-    ``[2, 2, in, out]``, ``bias``), computed by :func:`upconv2x2` (fast backward pass)."""
+    ``[2, 2, in, out]``, ``bias``), computed by :func:`segjax.ops.resample.upconv2x2` (fast
+    backward pass)."""
 
     features: int
     dtype: Dtype = jnp.float32
@@ -79,19 +43,6 @@ class UpConv2x2(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         y = upconv2x2(x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
-
-
-def max_pool2x2(x: jax.Array) -> jax.Array:
-    """2×2 stride-2 max pool of an NHWC map with even sides, as a reshape and a max.
-
-    Equal to ``nn.max_pool(x, (2, 2), (2, 2))``; its gradient is elementwise instead of XLA's
-    select-and-scatter, about 3× faster on CPU. (Exact ties split the gradient equally
-    instead of picking one; after a ReLU the only ties are zeros, whose gradient is zero.)
-    """
-    n, h, w, c = x.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"max_pool2x2: expected even height and width, got {h}×{w}")
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 class DoubleConv(nn.Module):

@@ -40,6 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax import models
+from segjax.models.backbones import mobilenet, resnet, vgg
+
 BN_TORCH_LEAVES = {
     ("params", "scale"): "weight",
     ("params", "bias"): "bias",
@@ -75,7 +78,7 @@ _VGG_RULES: list[Rule] = [
 
 
 def _mobilenet_rules(features_prefix: str) -> list[Rule]:
-    # ConvNormAct's conv/bn are the .0/.1 of torchvision's Conv2dNormActivation.
+    # ConvBN's conv/bn are the .0/.1 of torchvision's Conv2dNormActivation.
     p = features_prefix
     return [
         (r"features_(\d+)/conv", p + r"\1.0"),
@@ -86,11 +89,17 @@ def _mobilenet_rules(features_prefix: str) -> list[Rule]:
     ]
 
 
-_FCN_HEAD_RULES: list[Rule] = [
-    (r"(aux_classifier|classifier)/conv", r"\1.0"),
-    (r"(aux_classifier|classifier)/bn", r"\1.1"),
-    (r"(aux_classifier|classifier)/cls", r"\1.4"),
-]
+def _fcn_head_rules(head: str) -> list[Rule]:
+    # fcn.FCNHead's conv / bn / cls are the .0 / .1 / .4 of torchvision's FCNHead Sequential.
+    return [
+        (f"{head}/conv", f"{head}.0"),
+        (f"{head}/bn", f"{head}.1"),
+        (f"{head}/cls", f"{head}.4"),
+    ]
+
+
+_AUX_HEAD_RULES = _fcn_head_rules("aux_classifier")
+_FCN_HEAD_RULES = _fcn_head_rules("classifier") + _AUX_HEAD_RULES
 
 _DEEPLAB_HEAD_RULES: list[Rule] = [
     (r"classifier/aspp/convs_([0-3])/conv", r"classifier.0.convs.\1.0"),
@@ -103,9 +112,7 @@ _DEEPLAB_HEAD_RULES: list[Rule] = [
     (r"classifier/conv/conv", "classifier.1"),
     (r"classifier/conv/bn", "classifier.2"),
     (r"classifier/out", "classifier.4"),
-    (r"aux_classifier/conv/conv", "aux_classifier.0"),
-    (r"aux_classifier/conv/bn", "aux_classifier.1"),
-    (r"aux_classifier/out", "aux_classifier.4"),
+    *_AUX_HEAD_RULES,
 ]
 
 _LRASPP_HEAD_RULES: list[Rule] = [
@@ -158,70 +165,58 @@ def _backbone_rules(family: str, seg: bool) -> list[Rule]:
     raise ValueError(family)
 
 
+def _backbone_arch(name: str, family: str, ignored: str, users: tuple[str, ...]) -> Arch:
+    return Arch(name, family, False, tuple(_backbone_rules(family, False)), (ignored,), users=users)
+
+
+def _segmentation_arch(
+    name: str,
+    family: str,
+    head_rules: list[Rule],
+    head_keys: tuple[str, ...] = ("classifier.4", "aux_classifier.4"),
+    aux_prefix: str | None = "aux_classifier.",
+) -> Arch:
+    # The defaults: FCN and DeepLab v3 end in classifier.4 and, with aux_loss, an FCNHead
+    # aux_classifier.
+    rules = tuple(_backbone_rules(family, True) + head_rules)
+    return Arch(name, family, True, rules, head_keys=head_keys, aux_prefix=aux_prefix)
+
+
 def _make_archs() -> dict[str, Arch]:
     archs = {
-        "vgg16": Arch(
+        "vgg16": _backbone_arch(
             "vgg16",
             "vgg",
-            False,
-            tuple(_backbone_rules("vgg", False)),
-            ("classifier.6.",),
-            users=("fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16", "deeplabv1_vgg16 (convs)"),
+            "classifier.6.",
+            ("fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16", "deeplabv1_vgg16 (convs)"),
         ),
-        "mobilenet_v3_large": Arch(
+        "mobilenet_v3_large": _backbone_arch(
             "mobilenet_v3_large",
             "mobilenet_v3",
-            False,
-            tuple(_backbone_rules("mobilenet_v3", False)),
-            ("classifier.",),
-            users=("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"),
+            "classifier.",
+            ("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"),
         ),
     }
     for depth in (50, 101):
-        archs[f"resnet{depth}"] = Arch(
-            f"resnet{depth}",
-            "resnet",
-            False,
-            tuple(_backbone_rules("resnet", False)),
-            ("fc.",),
-            users=(
-                f"fcn_resnet{depth}",
-                f"deeplabv3_resnet{depth}",
-                f"deeplabv3plus_resnet{depth}",
-                f"pspnet_resnet{depth}",
-            )
-            + (("deeplabv2_resnet101",) if depth == 101 else ()),
-        )
-        archs[f"fcn_resnet{depth}"] = Arch(
+        users = (
             f"fcn_resnet{depth}",
-            "resnet",
-            True,
-            tuple(_backbone_rules("resnet", True) + _FCN_HEAD_RULES),
-            head_keys=("classifier.4", "aux_classifier.4"),
-            aux_prefix="aux_classifier.",
-        )
-        archs[f"deeplabv3_resnet{depth}"] = Arch(
             f"deeplabv3_resnet{depth}",
-            "resnet",
-            True,
-            tuple(_backbone_rules("resnet", True) + _DEEPLAB_HEAD_RULES),
-            head_keys=("classifier.4", "aux_classifier.4"),
-            aux_prefix="aux_classifier.",
-        )
-    archs["deeplabv3_mobilenet_v3_large"] = Arch(
-        "deeplabv3_mobilenet_v3_large",
-        "mobilenet_v3",
-        True,
-        tuple(_backbone_rules("mobilenet_v3", True) + _DEEPLAB_HEAD_RULES),
-        head_keys=("classifier.4", "aux_classifier.4"),
-        aux_prefix="aux_classifier.",
+            f"deeplabv3plus_resnet{depth}",
+            f"pspnet_resnet{depth}",
+        ) + (("deeplabv2_resnet101",) if depth == 101 else ())
+        archs[f"resnet{depth}"] = _backbone_arch(f"resnet{depth}", "resnet", "fc.", users)
+        for name, head_rules in (("fcn", _FCN_HEAD_RULES), ("deeplabv3", _DEEPLAB_HEAD_RULES)):
+            arch = f"{name}_resnet{depth}"
+            archs[arch] = _segmentation_arch(arch, "resnet", head_rules)
+    archs["deeplabv3_mobilenet_v3_large"] = _segmentation_arch(
+        "deeplabv3_mobilenet_v3_large", "mobilenet_v3", _DEEPLAB_HEAD_RULES
     )
-    archs["lraspp_mobilenet_v3_large"] = Arch(
+    archs["lraspp_mobilenet_v3_large"] = _segmentation_arch(
         "lraspp_mobilenet_v3_large",
         "mobilenet_v3",
-        True,
-        tuple(_backbone_rules("mobilenet_v3", True) + _LRASPP_HEAD_RULES),
+        _LRASPP_HEAD_RULES,
         head_keys=("classifier.low_classifier", "classifier.high_classifier"),
+        aux_prefix=None,
     )
     return archs
 
@@ -254,15 +249,11 @@ def default_module(arch: str, *, num_classes: int | None = None, aux: bool = Tru
     """
     spec = arch_spec(arch)
     if not spec.segmentation:
-        from segjax.models.backbones import mobilenet, resnet, vgg
-
         if spec.family == "vgg":
             return vgg.VGG16()
         if spec.family == "resnet":
             return resnet.ResNet(depth=int(arch[len("resnet") :]))
         return mobilenet.MobileNetV3Large(dilated=False)
-    from segjax import models
-
     if num_classes is None:
         raise ConversionError(f"{arch}: num_classes is needed to build the segmentation model")
     kwargs = {} if spec.aux_prefix is None else {"aux": aux}

@@ -4,7 +4,8 @@ Both return a dict of named features so segmentation heads can pick the low- and
 Atrous convolution replaces striding once the requested output stride is reached.
 
 Mapping to torchvision state-dict keys (mechanical): a Flax path ``a/b_3/c`` is the torch key
-``a.b.3.c``; inside a conv + norm unit (``conv``/``bn``) ``conv`` is ``.0`` and ``bn`` is ``.1``;
+``a.b.3.c``; inside a conv + norm unit (:class:`~segjax.models.layers.ConvBN`, torchvision's
+``Conv2dNormActivation``) ``conv`` is ``.0`` and ``bn`` is ``.1``;
 leaves: ``kernel`` → ``weight`` (HWIO → OIHW), ``bias`` → ``bias``, BatchNorm ``scale`` →
 ``weight``, ``bias`` → ``bias``, batch_stats ``mean``/``var`` → ``running_mean``/``running_var``.
 
@@ -29,22 +30,19 @@ MobileNetV2 up to ``features.17`` (320 channels, as DeepLab v3+ uses it) 1,811,7
 """
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import batch_norm, same_padding
+from segjax.models.layers import ConvBN, batch_norm, conv_init
 
 Dtype = Any
 
 # torchvision's MobileNetV3 uses BatchNorm2d(eps=0.001, momentum=0.01); flax momentum = 1 - 0.01.
 V3_BN_MOMENTUM = 0.99
 V3_BN_EPSILON = 1e-3
-
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -62,43 +60,6 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 def relu6(x: jax.Array) -> jax.Array:
     """ReLU6 (min(max(x, 0), 6))."""
     return jnp.clip(x, 0, 6)
-
-
-class ConvNormAct(nn.Module):
-    """torchvision's ``Conv2dNormActivation``: conv (padding ``(k-1)//2*d``) → BN → activation.
-
-    Submodule names ``conv`` and ``bn`` map to the torch indices ``.0`` and ``.1``.
-    """
-
-    features: int
-    kernel_size: int = 3
-    strides: int = 1
-    dilation: int = 1
-    groups: int = 1
-    act: Callable[[jax.Array], jax.Array] | None = nn.relu
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        k, d = self.kernel_size, self.dilation
-        x = nn.Conv(
-            self.features,
-            (k, k),
-            strides=(self.strides, self.strides),
-            padding=same_padding(k, d),
-            kernel_dilation=(d, d),
-            feature_group_count=self.groups,
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=_CONV_INIT,
-            name="conv",
-        )(x)
-        x = batch_norm(
-            train, self.dtype, name="bn", momentum=self.bn_momentum, epsilon=self.bn_epsilon
-        )(x)
-        return x if self.act is None else self.act(x)
 
 
 # ----------------------------------------------------------------------------- MobileNetV2
@@ -119,11 +80,9 @@ class InvertedResidualV2(nn.Module):
         hidden = int(round(self.in_channels * self.expand_ratio))
         y, j = x, 0
         if self.expand_ratio != 1:
-            y = ConvNormAct(hidden, 1, act=relu6, dtype=self.dtype, name=f"conv_{j}")(
-                y, train=train
-            )
+            y = ConvBN(hidden, 1, act=relu6, dtype=self.dtype, name=f"conv_{j}")(y, train=train)
             j += 1
-        y = ConvNormAct(
+        y = ConvBN(
             hidden,
             3,
             self.strides,
@@ -138,7 +97,7 @@ class InvertedResidualV2(nn.Module):
             (1, 1),
             use_bias=False,
             dtype=self.dtype,
-            kernel_init=_CONV_INIT,
+            kernel_init=conv_init,
             name=f"conv_{j + 1}",
         )(y)
         y = batch_norm(train, self.dtype, name=f"conv_{j + 2}")(y)
@@ -189,7 +148,7 @@ class MobileNetV2(nn.Module):
                 f"MobileNetV2: output_stride must be 8, 16 or 32, got {self.output_stride}"
             )
         channels = make_divisible(32 * self.width_mult)
-        x = ConvNormAct(channels, 3, 2, act=relu6, dtype=self.dtype, name="features_0")(
+        x = ConvBN(channels, 3, 2, act=relu6, dtype=self.dtype, name="features_0")(
             x.astype(self.dtype), train=train
         )
         feats = {"features_0": x}
@@ -216,7 +175,7 @@ class MobileNetV2(nn.Module):
                 index += 1
         if self.include_last:
             last = make_divisible(1280 * max(1.0, self.width_mult))
-            x = ConvNormAct(last, 1, act=relu6, dtype=self.dtype, name=f"features_{index}")(
+            x = ConvBN(last, 1, act=relu6, dtype=self.dtype, name=f"features_{index}")(
                 x, train=train
             )
             feats[f"features_{index}"] = x
@@ -279,11 +238,11 @@ class InvertedResidualV3(nn.Module):
         unit = dict(bn_momentum=V3_BN_MOMENTUM, bn_epsilon=V3_BN_EPSILON, dtype=self.dtype)
         y, j = x, 0
         if c.expanded != c.in_channels:
-            y = ConvNormAct(c.expanded, 1, act=act, name=f"block_{j}", **unit)(y, train=train)
+            y = ConvBN(c.expanded, 1, act=act, name=f"block_{j}", **unit)(y, train=train)
             j += 1
         # torchvision: a dilated block never strides.
         stride = 1 if c.dilation > 1 else c.stride
-        y = ConvNormAct(
+        y = ConvBN(
             c.expanded,
             c.kernel,
             stride,
@@ -298,7 +257,7 @@ class InvertedResidualV3(nn.Module):
             squeeze = make_divisible(c.expanded // 4, 8)
             y = SqueezeExcitation(squeeze, dtype=self.dtype, name=f"block_{j}")(y)
             j += 1
-        y = ConvNormAct(c.out_channels, 1, act=None, name=f"block_{j}", **unit)(y, train=train)
+        y = ConvBN(c.out_channels, 1, act=None, name=f"block_{j}", **unit)(y, train=train)
         if c.stride == 1 and c.in_channels == c.out_channels:
             y = x + y
         return y
@@ -363,7 +322,7 @@ class MobileNetV3Large(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         cfgs, last = mobilenet_v3_large_config(self.width_mult, self.dilated)
         unit = dict(bn_momentum=V3_BN_MOMENTUM, bn_epsilon=V3_BN_EPSILON, dtype=self.dtype)
-        x = ConvNormAct(cfgs[0].in_channels, 3, 2, act=hardswish, name="features_0", **unit)(
+        x = ConvBN(cfgs[0].in_channels, 3, 2, act=hardswish, name="features_0", **unit)(
             x.astype(self.dtype), train=train
         )
         feats = {"features_0": x}
@@ -371,7 +330,7 @@ class MobileNetV3Large(nn.Module):
             x = InvertedResidualV3(cfg, dtype=self.dtype, name=f"features_{i}")(x, train=train)
             feats[f"features_{i}"] = x
         i = len(cfgs) + 1
-        x = ConvNormAct(last, 1, act=hardswish, name=f"features_{i}", **unit)(x, train=train)
+        x = ConvBN(last, 1, act=hardswish, name=f"features_{i}", **unit)(x, train=train)
         feats[f"features_{i}"] = x
         # torchvision: stage_indices = [0] + strided blocks + [last]; low = stage_indices[-4].
         strided = [k for k, c in enumerate(cfgs, start=1) if c.stride > 1]

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax.models.layers import batch_norm, same_padding
+from segjax.models.layers import batch_norm, conv_init, same_padding
 
 Dtype = Any
 
@@ -53,9 +53,6 @@ STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
     152: (3, 8, 36, 3),
 }
 BOTTLENECK_DEPTHS = frozenset({50, 101, 152})
-
-# torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def dilation_for_output_stride(output_stride: int) -> tuple[bool, bool, bool]:
@@ -133,13 +130,13 @@ def block_plan(
     return plan
 
 
-class Bottleneck(nn.Module):
-    """torchvision's ``Bottleneck``: 1×1 → 3×3 (stride, dilation) → 1×1 (×4), each with BN.
+class _Block(nn.Module):
+    """What torchvision's two residual blocks share: their arguments and the shortcut.
 
     Attributes:
-      planes: inner width; the block outputs ``4 * planes`` channels.
-      strides: stride of the 3×3 conv (and of the projection shortcut).
-      dilation: dilation (and padding) of the 3×3 conv.
+      planes: inner width; the block outputs ``expansion * planes`` channels.
+      strides: stride of the strided 3×3 conv (and of the projection shortcut).
+      dilation: dilation (and padding) of that 3×3 conv.
       downsample: whether the shortcut is a conv1×1 + BN projection.
       dtype: compute dtype.
     """
@@ -150,11 +147,24 @@ class Bottleneck(nn.Module):
     downsample: bool = False
     dtype: Dtype = jnp.float32
 
+    expansion = 1
+
+    def shortcut(self, x: jax.Array, train: bool) -> jax.Array:
+        """``x``, or torchvision's ``downsample`` (conv1×1 with the block's stride + BN)."""
+        if not self.downsample:
+            return x
+        features = self.planes * self.expansion
+        x = _conv(features, 1, self.strides, dtype=self.dtype, name="downsample_conv")(x)
+        return batch_norm(train, self.dtype, name="downsample_bn")(x)
+
+
+class Bottleneck(_Block):
+    """torchvision's ``Bottleneck``: 1×1 → 3×3 (stride, dilation) → 1×1 (×4), each with BN."""
+
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        identity = x
         out = _conv(self.planes, 1, dtype=self.dtype, name="conv1")(x)
         out = nn.relu(batch_norm(train, self.dtype, name="bn1")(out))
         out = _conv(self.planes, 3, self.strides, self.dilation, dtype=self.dtype, name="conv2")(
@@ -163,27 +173,14 @@ class Bottleneck(nn.Module):
         out = nn.relu(batch_norm(train, self.dtype, name="bn2")(out))
         out = _conv(self.planes * 4, 1, dtype=self.dtype, name="conv3")(out)
         out = batch_norm(train, self.dtype, name="bn3")(out)
-        if self.downsample:
-            identity = _conv(
-                self.planes * 4, 1, self.strides, dtype=self.dtype, name="downsample_conv"
-            )(x)
-            identity = batch_norm(train, self.dtype, name="downsample_bn")(identity)
-        return nn.relu(out + identity)
+        return nn.relu(out + self.shortcut(x, train))
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(_Block):
     """torchvision's ``BasicBlock`` (ResNet-18/34): two 3×3 convs with BN.
 
     torchvision refuses dilation > 1 for this block; so do we.
     """
-
-    planes: int
-    strides: int = 1
-    dilation: int = 1
-    downsample: bool = False
-    dtype: Dtype = jnp.float32
-
-    expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -192,17 +189,11 @@ class BasicBlock(nn.Module):
                 f"resnet.BasicBlock: dilation {self.dilation} > 1 is not supported (as in "
                 "torchvision); use depth 50/101/152 for a dilated backbone"
             )
-        identity = x
         out = _conv(self.planes, 3, self.strides, dtype=self.dtype, name="conv1")(x)
         out = nn.relu(batch_norm(train, self.dtype, name="bn1")(out))
         out = _conv(self.planes, 3, dtype=self.dtype, name="conv2")(out)
         out = batch_norm(train, self.dtype, name="bn2")(out)
-        if self.downsample:
-            identity = _conv(
-                self.planes, 1, self.strides, dtype=self.dtype, name="downsample_conv"
-            )(x)
-            identity = batch_norm(train, self.dtype, name="downsample_bn")(identity)
-        return nn.relu(out + identity)
+        return nn.relu(out + self.shortcut(x, train))
 
 
 class ResNet(nn.Module):

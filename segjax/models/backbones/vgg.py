@@ -26,12 +26,15 @@ Flax                                 torchvision
 ==================================  ==============================================
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from segjax.models.layers import conv_init
 
 Dtype = Any
 
@@ -40,9 +43,7 @@ VGG16_CFG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
 )  # fmt: skip
 
-# torchvision: conv kaiming_normal(fan_out, relu), bias 0.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-# torchvision: Linear layers normal(0, 0.01), bias 0.
+# torchvision: Linear layers normal(0, 0.01), bias 0 (convs: ``layers.conv_init``, bias 0).
 fc_init = nn.initializers.normal(0.01)
 
 
@@ -104,27 +105,18 @@ class VGG16(nn.Module):
             )(x)
             x = nn.relu(x)
         if self.include_fc:
-            fc6_pad = 0 if self.paper_alignment else 3
-            x = nn.Conv(
+            fc = functools.partial(
+                nn.Conv,
                 self.fc_features,
-                (7, 7),
-                padding=((fc6_pad, fc6_pad), (fc6_pad, fc6_pad)),
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
                 kernel_init=fc_init,
-                name="fc6",
-            )(x)
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-            x = nn.Conv(
-                self.fc_features,
-                (1, 1),
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=fc_init,
-                name="fc7",
-            )(x)
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-            features["fc7"] = x
+            )
+            pad = 0 if self.paper_alignment else 3
+            x = nn.relu(fc((7, 7), padding=((pad, pad), (pad, pad)), name="fc6")(x))
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = nn.relu(fc((1, 1), name="fc7")(x))
+            features["fc7"] = x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return features
 
     def _torch_index(self, cfg_index: int) -> int:

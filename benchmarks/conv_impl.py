@@ -1,15 +1,15 @@
-"""Convolution forward+backward on XLA:CPU: XLA's gradients vs per-tap matmul weight gradients
-vs PyTorch, for the convolutions segmentation models run.
+"""Convolution forward+backward on XLA:CPU, per ``config.conv_impl``: XLA's own vs segjax.ops'
+GEMM formulation vs PyTorch, for the convolutions segmentation models run.
 
-    python benchmarks/conv_backward.py                          # default cases, JAX only
-    python benchmarks/conv_backward.py --torch-python /work/venv-torch/bin/python
-    python benchmarks/conv_backward.py --cases aspp --batch 8 --side 64 --channels 256
+    python -m benchmarks.conv_impl                          # default cases, JAX only
+    python -m benchmarks.conv_impl --torch-python /work/venv-torch/bin/python
+    python -m benchmarks.conv_impl --cases aspp --batch 8 --side 64 --channels 256
 
 Methods, timed in one command (torch in a child interpreter, same thread count):
 
 * ``xla``: ``jax.grad`` of ``lax.conv_general_dilated`` (XLA's input- and weight-gradient
   convolutions);
-* ``taps``: ``layers.conv_general_dilated_fast`` — dense stride-1 3×3 convs with ≥ 64
+* ``gemm``: ``segjax.ops.conv_general_dilated_gemm`` — dense stride-1 3×3 convs with ≥ 64
   channels as Winograd F(2×2, 3×3) GEMMs (forward and both gradients); other convs keep XLA's
   forward and input gradient with the weight gradient as one matmul per kernel tap (XLA's path
   is kept where it was faster: 2–64-channel dense kernels larger than 1×1); transposed convs
@@ -18,23 +18,21 @@ Methods, timed in one command (torch in a child interpreter, same thread count):
 
 Each case is one conv; "fwd+bwd" is a jitted ``jax.grad`` of ``sum(conv(x, w)**2)`` w.r.t. input
 and kernel (torch: ``loss.backward()``). Times are medians of ``--repeats`` calls after a warm-up
-(``benchmarks/dilated_conv.py``'s timer). GFLOP/s counts 3 × the forward conv's useful FLOPs;
-"vs xla" is the fwd+bwd speed-up over ``xla`` (> 1 = faster). Gradients of ``taps`` are checked
+(``benchmarks.common.jitted_median_ms``). GFLOP/s counts 3 × the forward conv's useful FLOPs;
+"vs xla" is the fwd+bwd speed-up over ``xla`` (> 1 = faster). Gradients of ``gemm`` are checked
 against ``xla`` before timing.
+
+JAX is imported inside the functions that use it: the torch side runs this module in an
+interpreter that may have torch and no JAX.
 """
 
 import argparse
 import json
 import os
-import statistics
-import subprocess
-import sys
-import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from benchmarks import common
 
 
 def cases(batch: int, side: int, channels: int) -> dict[str, dict]:
@@ -100,14 +98,13 @@ def _jax_conv(spec: dict, conv):
 
 
 def run_jax(specs: dict[str, dict], repeats: int) -> dict[str, dict[str, tuple[float, float]]]:
-    """``{case: {method: (fwd ms, fwd+bwd ms)}}`` for the ``xla`` and ``taps`` methods."""
+    """``{case: {method: (fwd ms, fwd+bwd ms)}}`` for the ``xla`` and ``gemm`` methods."""
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.dilated_conv import _time
-    from segjax.models.layers import conv_general_dilated_fast
+    from segjax.ops import conv_general_dilated_gemm
 
-    methods = {"xla": jax.lax.conv_general_dilated, "taps": conv_general_dilated_fast}
+    methods = {"xla": jax.lax.conv_general_dilated, "gemm": conv_general_dilated_gemm}
     results = {}
     for name, spec in specs.items():
         x, w = (jnp.asarray(a) for a in _arrays(spec))
@@ -116,9 +113,9 @@ def run_jax(specs: dict[str, dict], repeats: int) -> dict[str, dict[str, tuple[f
             f = _jax_conv(spec, conv)
             grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), (0, 1)))
             grads[method] = grad(x, w)
-            fwd = _time(jax.jit(f), x, w, repeats=repeats)
-            row[method] = (fwd, _time(grad, x, w, repeats=repeats))
-        for want, got in zip(grads["xla"], grads["taps"]):
+            fwd = common.jitted_median_ms(jax.jit(f), x, w, repeats=repeats)
+            row[method] = (fwd, common.jitted_median_ms(grad, x, w, repeats=repeats))
+        for want, got in zip(grads["xla"], grads["gemm"]):
             scale = float(jnp.max(jnp.abs(want)))
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4 * scale)
         results[name] = row
@@ -126,17 +123,9 @@ def run_jax(specs: dict[str, dict], repeats: int) -> dict[str, dict[str, tuple[f
 
 
 def _torch_case(spec: dict, repeats: int) -> tuple[float, float]:
+    """``(fwd ms, fwd+bwd ms)`` of ``spec`` in torch (NCHW), each after one warm-up call."""
     import torch
     import torch.nn.functional as F
-
-    def timed(fn):
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1e3
 
     x_np, w_np = _arrays(spec)
     x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
@@ -156,7 +145,7 @@ def _torch_case(spec: dict, repeats: int) -> tuple[float, float]:
         x.grad = w.grad = None
         (f() ** 2).sum().backward()
 
-    return timed(forward), timed(both)
+    return common.warm_median_ms(forward, repeats), common.warm_median_ms(both, repeats)
 
 
 def run_torch(specs: dict[str, dict], repeats: int, threads: int) -> dict[str, tuple[float, float]]:
@@ -177,7 +166,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", default="", help="comma-separated substrings of case names")
     parser.add_argument("--torch-python", default=None, help="interpreter with torch (optional)")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=common.cpu_cores())
     args = parser.parse_args(argv)
 
     specs = cases(args.batch, args.side, args.channels)
@@ -192,13 +181,13 @@ def main(argv=None) -> None:
 
     theirs = {}
     if args.torch_python:
-        cmd = [args.torch_python, os.path.abspath(__file__), "--torch-worker"]
-        cmd += [f"--batch={args.batch}", f"--side={args.side}", f"--channels={args.channels}"]
-        cmd += [f"--repeats={args.repeats}", f"--cases={args.cases}", f"--threads={args.threads}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode:
-            raise SystemExit(f"torch worker failed:\n{proc.stderr[-3000:]}")
-        theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+        worker = ["--torch-worker", f"--batch={args.batch}", f"--side={args.side}"]
+        worker += [f"--channels={args.channels}", f"--repeats={args.repeats}"]
+        worker += [f"--cases={args.cases}", f"--threads={args.threads}"]
+        try:
+            theirs = common.module_json(args.torch_python, "conv_impl", worker)
+        except RuntimeError as e:
+            raise SystemExit(f"torch worker: {e}") from None
     ours = run_jax(specs, args.repeats)
 
     print(

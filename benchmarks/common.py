@@ -1,0 +1,114 @@
+"""What several benchmarks share: timers, process figures, child interpreters, the step recipe.
+
+Imports neither JAX nor torch: the torchvision side of :mod:`benchmarks.train_step` and of
+:mod:`benchmarks.conv_impl` runs in an interpreter that may have torch and no JAX, and imports
+this module there.
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+# The repository root: a child interpreter gets it on PYTHONPATH to find ``benchmarks``.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The train step both frameworks run (segjax.config's loss and SGD, set explicitly so that the
+# torchvision side, which cannot import segjax, uses the same numbers).
+AUX_WEIGHT = 0.4
+LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
+IGNORE = 255  # segjax.metrics.IGNORE_INDEX, repeated here for the same reason
+
+
+def cpu_cores() -> int:
+    """Number of CPU cores this process may run on (what XLA:CPU's thread pool uses)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far.
+
+    ``VmHWM`` of ``/proc/self/status`` where it exists: unlike ``getrusage``'s ``ru_maxrss``,
+    which Linux carries over from the parent process across fork + exec, it is this program's own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss) * (1 if sys.platform == "darwin" else 1024)
+
+
+def times_ms(fn: Callable[[], object], steps: int) -> list[float]:
+    """Wall time in ms of each of ``steps`` calls of ``fn()`` (no warm-up)."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def median_ms(fn: Callable[[], object], steps: int) -> float:
+    """Median wall time in ms of ``steps`` calls of ``fn()`` (no warm-up)."""
+    return statistics.median(times_ms(fn, steps))
+
+
+def warm_median_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time in ms of ``repeats`` calls of ``fn()`` after one untimed call."""
+    fn()
+    return median_ms(fn, repeats)
+
+
+def jitted_median_ms(fn: Callable, *args, repeats: int) -> float:
+    """Median ms of ``repeats`` calls of the jitted ``fn(*args)``, after compile + warm-up.
+
+    Waits for the result of every call (``jax.block_until_ready``), so the time is the
+    computation's, not the dispatch's.
+    """
+    import jax  # here, not at the top: this module must import without JAX (module docstring)
+
+    return warm_median_ms(lambda: jax.block_until_ready(fn(*args)), repeats)
+
+
+def random_batch(batch: int, size: int, num_classes: int, seed: int = 0):
+    """Random NHWC float images and int32 labels with 5 % ignored (255) pixels."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=(batch, size, size)).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.05] = IGNORE
+    return images, labels
+
+
+def module_json(
+    python: str, module: str, args: Sequence[str], env: dict[str, str] | None = None
+) -> dict:
+    """Runs ``python -m benchmarks.<module> <args>`` and returns the JSON of its last stdout line.
+
+    The child finds ``benchmarks`` (and ``segjax``) through ``PYTHONPATH``, whatever the current
+    directory and whether or not segjax is installed in that interpreter.
+
+    Raises:
+      RuntimeError: the child exited non-zero (the message holds its command and stderr tail).
+    """
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    cmd = [python, "-m", f"benchmarks.{module}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}"
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,0 +1,222 @@
+"""The torchvision peer of :mod:`benchmarks.train_step`: the same train step and eval, in torch.
+
+    python -m benchmarks.torchvision_step --model fcn_resnet50 --batch 4 --size 256 --steps 3
+
+Prints one JSON line of figures. ``python -m benchmarks.train_step --compare torchvision`` runs
+it in a child interpreter (``--torch-python``, which needs torch and torchvision but not JAX),
+so that its peak memory is its own; run by hand it is the torchvision half of that comparison.
+The step: ``torchvision.models.segmentation.<model>(weights=None, weights_backbone=None)`` with
+the aux head where segjax has one, NCHW float32, pixel-wise cross-entropy with 255 ignored
+(+ 0.4 × the aux loss), ``torch.optim.SGD`` with segjax's settings; as many torch threads as
+CPU cores. Timed like the JAX side: one warm-up step, then the median of ``--steps``.
+
+Imports torch only inside :func:`run_torch`, and never JAX.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+from benchmarks import common
+
+# torchvision model builders for our names (aux head on where segjax has one).
+TORCHVISION_MODELS = {
+    "fcn_resnet50": ("fcn_resnet50", True),
+    "fcn_resnet101": ("fcn_resnet101", True),
+    "deeplabv3_resnet50": ("deeplabv3_resnet50", True),
+    "deeplabv3_resnet101": ("deeplabv3_resnet101", True),
+    "deeplabv3_mobilenet_v3_large": ("deeplabv3_mobilenet_v3_large", True),
+    "lraspp_mobilenet_v3_large": ("lraspp_mobilenet_v3_large", False),
+}
+
+
+def check_comparable(model: str) -> None:
+    """Raises ``KeyError`` naming the comparable models when torchvision has no ``model``."""
+    if model not in TORCHVISION_MODELS:
+        raise KeyError(
+            f"no torchvision equivalent of {model!r}; comparable: {', '.join(TORCHVISION_MODELS)}"
+        )
+
+
+def _import_torch():
+    try:
+        import torch
+        import torchvision
+    except ImportError as e:
+        raise ImportError(
+            "--compare torchvision needs torch and torchvision "
+            "(pip install 'segjax[torch]', or pass --torch-python PYTHON with them)"
+        ) from e
+    return torch, torchvision
+
+
+def _train_step_fn(net, images, labels):
+    """``(train_once, x)``: ``train_once() → loss`` is one train step of ``net`` on the batch."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.SGD(
+        net.parameters(), lr=common.LR, momentum=common.MOMENTUM, weight_decay=common.WEIGHT_DECAY
+    )
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels).long()
+
+    def train_once():
+        net.train()
+        opt.zero_grad(set_to_none=True)
+        outputs = net(x)
+        loss = F.cross_entropy(outputs["out"], y, ignore_index=common.IGNORE)
+        if "aux" in outputs:
+            aux = F.cross_entropy(outputs["aux"], y, ignore_index=common.IGNORE)
+            loss = loss + common.AUX_WEIGHT * aux
+        loss.backward()
+        opt.step()
+        return loss
+
+    return train_once, x
+
+
+def _eval_img_s(net, x, steps: int) -> float:
+    """Images/s of the ``eval()`` forward under ``inference_mode``, after one warm-up call."""
+    import torch
+
+    net.eval()
+    with torch.inference_mode():
+        ms = common.warm_median_ms(lambda: net(x), steps)
+    return x.shape[0] / (ms / 1e3)
+
+
+def _matmul_peak() -> float:
+    """FLOP/s of torch's float32 2048² matmul: the fastest of 5 calls after a warm-up."""
+    import torch
+
+    a = torch.ones(2048, 2048)
+    torch.mm(a, a)
+    return 2 * 2048**3 / (min(common.times_ms(lambda: torch.mm(a, a), 5)) / 1e3)
+
+
+def run_torch(
+    model: str,
+    batch: int,
+    size: int,
+    *,
+    steps: int = 3,
+    num_classes: int = 21,
+    threads: int | None = None,
+    evaluate: bool = True,
+) -> dict:
+    """The equivalent torchvision train step (float32, NCHW) and eval forward, timed the same way.
+
+    Raises:
+      ImportError: torch or torchvision is not installed.
+      KeyError: no torchvision equivalent of ``model``.
+    """
+    check_comparable(model)
+    torch, torchvision = _import_torch()
+    torch.set_num_threads(threads or common.cpu_cores())
+    torch.manual_seed(0)
+    builder_name, aux = TORCHVISION_MODELS[model]
+    builder = getattr(torchvision.models.segmentation, builder_name)
+    kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
+    net = builder(**kwargs, **({"aux_loss": True} if aux else {}))
+    train_once, x = _train_step_fn(net, *common.random_batch(batch, size, num_classes))
+
+    start = time.perf_counter()
+    train_once()  # warm-up (first-call allocations, oneDNN primitive creation)
+    first_s = time.perf_counter() - start
+    step_times = common.times_ms(train_once, steps)
+    step_ms = statistics.median(step_times)
+    out = {
+        "framework": "torchvision",
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "threads": torch.get_num_threads(),
+        "model": model,
+        "batch": batch,
+        "size": size,
+        "dtype": "float32",
+        "first_step_s": first_s,
+        "step_ms": step_ms,
+        "step_times_ms": step_times,
+        "train_img_s": batch / (step_ms / 1e3),
+        "loss": float(train_once()),
+    }
+    if evaluate:
+        out["eval_img_s"] = _eval_img_s(net, x, steps)
+    out["matmul_peak_flops"] = _matmul_peak()
+    out["peak_memory_bytes"] = common.peak_rss_bytes()
+    out["peak_memory_kind"] = "process peak RSS"
+    out["load_average_1min_at_end"] = os.getloadavg()[0]
+    return out
+
+
+def torch_python(explicit: str | None) -> str:
+    """The interpreter that runs the torchvision side.
+
+    Raises:
+      RuntimeError: no interpreter with torch + torchvision was given or found.
+    """
+    if explicit:
+        return explicit
+    if os.environ.get("SEGJAX_TORCH_PYTHON"):
+        return os.environ["SEGJAX_TORCH_PYTHON"]
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("torchvision"):
+        return sys.executable
+    raise RuntimeError(
+        "--compare torchvision needs torch and torchvision: pip install 'segjax[torch]' in this "
+        "environment, or pass --torch-python /path/to/python (or set SEGJAX_TORCH_PYTHON) of one "
+        "that has them"
+    )
+
+
+def run_in_child(python: str, model: str, batch: int, size: int, **settings) -> dict:
+    """:func:`run_torch` in a child ``python`` (its own peak RSS, no JAX needed there).
+
+    ``settings`` are :func:`run_torch`'s keywords (``steps``, ``num_classes``, ``threads``,
+    ``evaluate``), passed on as this module's command-line flags.
+
+    Raises:
+      RuntimeError: the child failed (its stderr tail is in the message).
+    """
+    args = ["--model", model, "--batch", str(batch), "--size", str(size)]
+    for key in ("steps", "num_classes", "threads"):
+        if settings.get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(settings[key])]
+    if not settings.get("evaluate", True):
+        args.append("--no-eval")
+    return common.module_json(python, "torchvision_step", args)
+
+
+def main(argv=None) -> dict:
+    """CLI entry point: runs :func:`run_torch` and prints its figures as one JSON line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, choices=sorted(TORCHVISION_MODELS))
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (median) after 1 warm-up")
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    p.add_argument("--no-eval", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        result = run_torch(
+            args.model,
+            args.batch,
+            args.size,
+            steps=args.steps,
+            num_classes=args.num_classes,
+            threads=args.threads,
+            evaluate=not args.no_eval,
+        )
+    except ImportError as e:
+        raise SystemExit(f"torchvision_step: {e}") from None
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
