@@ -55,12 +55,7 @@ def evaluate(config, variables, mesh, options, split, *, model=None, source=None
     """
     model = model if model is not None else trainer.create_model(config)
     source = source if source is not None else data_lib.get_source(config.data)
-    num_classes = config.model.num_classes
-    if source.info.num_classes != num_classes:
-        raise ValueError(
-            f"config.model.num_classes={num_classes} but dataset {source.info.name!r} has "
-            f"{source.info.num_classes} classes"
-        )
+    trainer.check_num_classes(config, source.info)
     stream = input_pipeline.eval_stream(
         source,
         config,

@@ -183,6 +183,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     return step_fn
 
 
+def check_num_classes(config: ml_collections.ConfigDict, info) -> None:
+    """Raises ValueError when the model's class count differs from the dataset's."""
+    if info.num_classes != config.model.num_classes:
+        raise ValueError(
+            f"config.model.num_classes={config.model.num_classes} but dataset "
+            f"{info.name!r} has {info.num_classes} classes"
+        )
+
+
 def variables_of(state: TrainState) -> dict:
     """The model variables (``params`` and, for models with BatchNorm, ``batch_stats``)."""
     variables = {"params": state.params}
@@ -200,6 +209,11 @@ def abstract_variables(model: nn.Module, config: ml_collections.ConfigDict, mesh
     shardings = sharding.state_shardings(
         abstract, mesh, config.mesh.rules, config.mesh.min_shard_size
     )
+    return _with_shardings(abstract, shardings)
+
+
+def _with_shardings(abstract, shardings):
+    """``abstract`` (a tree of shapes and dtypes) with ``shardings`` attached: a restore target."""
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
@@ -309,15 +323,11 @@ def evaluate(eval_step, variables, stream, mesh, keep_preds: int = 0) -> EvalRes
     its part of the split (:func:`segjax.input_pipeline.eval_stream`, padded and masked), so each
     image is counted exactly once on any number of hosts.
     """
-    num_classes = None
     cm, count, kept = None, 0, []
     for batch in stream:
         step_cm, preds, n = eval_step(variables, sharding.host_to_global(dict(batch), mesh))
         step_cm = np.asarray(jax.device_get(step_cm), np.int64)
-        if num_classes is None:
-            num_classes = step_cm.shape[0]
-            cm = np.zeros_like(step_cm)
-        cm += step_cm
+        cm = step_cm if cm is None else cm + step_cm
         count += int(jax.device_get(n))
         if len(kept) < keep_preds:
             local = _local_rows(preds)
@@ -384,11 +394,7 @@ class Trainer:
 
     def abstract_with_shardings(self):
         """The abstract state with shardings attached (the restore target)."""
-        return jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            self.abstract_state,
-            self.state_shardings,
-        )
+        return _with_shardings(self.abstract_state, self.state_shardings)
 
     def evaluate(self, state: TrainState, stream, keep_preds: int = 0) -> EvalResult:
         """:func:`evaluate` of ``state``'s variables with this run's compiled eval step."""
@@ -446,11 +452,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     os.makedirs(workdir, exist_ok=True)
     source = data_lib.get_source(config.data)
-    if source.info.num_classes != config.model.num_classes:
-        raise ValueError(
-            f"config.model.num_classes={config.model.num_classes} but dataset "
-            f"{source.info.name!r} has {source.info.num_classes} classes"
-        )
+    check_num_classes(config, source.info)
     training = _TrainingRun(config, workdir, source)
     try:
         return training.execute()
