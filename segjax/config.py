@@ -78,7 +78,37 @@ def _data_schema() -> ml_collections.ConfigDict:
     data.shuffle_buffer = 10_000
     data.cache = True  # cache decoded examples in memory (small datasets)
     data.num_threads = 4
+    # Folder datasets: "class" (masks hold class ids) | "instance" (masks hold instance ids,
+    # 0 = background, every object its own id; the class mask is derived, and the ids stay
+    # available to evaluation for object-level metrics).
+    data.mask_type = "class"
+    # Instance masks: a JSON file {image stem: {instance id: class id}} giving each instance its
+    # class (relative paths are under data.root); "" = every instance is class 1.
+    data.instance_classes = ""
+    data.weight_map = _weight_map_schema()
+    data.elastic = _elastic_schema()
     return data
+
+
+def _weight_map_schema() -> ml_collections.ConfigDict:
+    """``config.data.weight_map``: the U-Net border weight map of instance-mask datasets,
+    computed once when the dataset is prepared (``segjax.losses.unet_weight_map``)."""
+    wm = ml_collections.ConfigDict()
+    wm.enabled = False
+    wm.w0 = 10.0  # border weight (paper: 10)
+    wm.sigma = 5.0  # border width in pixels (paper: ≈ 5)
+    wm.class_weights = ()  # () = balance class frequencies per image; else w_c per class id
+    wm.border_on_background_only = True  # border term only in the gaps between instances
+    return wm
+
+
+def _elastic_schema() -> ml_collections.ConfigDict:
+    """``config.data.elastic``: the U-Net paper's elastic deformation of training crops."""
+    el = ml_collections.ConfigDict()
+    el.enabled = False
+    el.grid = 3  # coarse grid of random displacement vectors (paper: 3×3)
+    el.sigma = 10.0  # standard deviation of the displacements in pixels (paper: 10)
+    return el
 
 
 def _train_schema() -> ml_collections.ConfigDict:
@@ -90,6 +120,13 @@ def _train_schema() -> ml_collections.ConfigDict:
     train.aux_weight = 0.4  # weight of the auxiliary head's loss (models with one)
     train.label_smoothing = 0.0
     train.class_weights = ()  # () = unweighted; else one weight per class
+    # The loss: a weighted sum of named terms (segjax.losses.build_loss), applied the same way
+    # to the auxiliary head (times aux_weight). A weight of 0 leaves a term out.
+    train.loss = ml_collections.ConfigDict(
+        {"ce": 1.0, "dice": 0.0, "jaccard": 0.0, "tversky": 0.0, "focal": 0.0, "lovasz": 0.0,
+         "ohem": 0.0}
+    )
+    train.loss_params = _loss_params_schema()
     train.max_nonfinite_skips = 0  # non-finite loss/grad: skip up to this many updates, then stop
     train.log_every = 50
     train.eval_every = 500  # 0 = only at the end
@@ -97,6 +134,20 @@ def _train_schema() -> ml_collections.ConfigDict:
     train.keep_checkpoints = 3
     train.num_vis_images = 4  # validation predictions written to TensorBoard
     return train
+
+
+def _loss_params_schema() -> ml_collections.ConfigDict:
+    """``config.train.loss_params``: the parameters of the loss terms."""
+    lp = ml_collections.ConfigDict()
+    lp.dice_smooth = 1.0  # added to numerator and denominator of soft Dice
+    lp.jaccard_smooth = 1.0  # the same for soft Jaccard
+    lp.tversky_alpha = 0.5  # weight of false positives
+    lp.tversky_beta = 0.5  # weight of false negatives
+    lp.tversky_smooth = 1.0
+    lp.focal_gamma = 2.0
+    lp.ohem_thresh = 0.7  # keep pixels whose true-class probability is below this …
+    lp.ohem_min_kept = 100_000  # … but at least this many of the batch's valid pixels
+    return lp
 
 
 def _optim_schema() -> ml_collections.ConfigDict:
