@@ -33,9 +33,22 @@ def get_source(data_config: ml_collections.ConfigDict) -> Source:
     """The source named by ``data_config.name``, prepared and ready to read.
 
     Raises:
-      ValueError: unknown dataset name (the message lists the known ones).
+      ValueError: unknown dataset name (the message lists the known ones), or instance-mask
+        options on a dataset that has no instance masks.
     """
     name = data_config.name
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}")
+    if name != "folder":
+        # Only folder datasets read instance masks; elsewhere these keys would do nothing.
+        if data_config.get("mask_type", "class") != "class":
+            raise ValueError(
+                f"config.data.mask_type={data_config.mask_type!r} needs config.data.name="
+                f"'folder' (dataset {name!r} has class masks only)"
+            )
+        if data_config.get("weight_map") and data_config.weight_map.enabled:
+            raise ValueError(
+                f"config.data.weight_map.enabled needs instance masks (config.data.name="
+                f"'folder' with mask_type='instance'); dataset {name!r} has class masks only"
+            )
     return _LOADERS[name](data_config)

@@ -4,6 +4,14 @@ A source yields full-resolution examples ``{"image": uint8 [H, W, 3], "mask": ui
 "id": string}`` where mask values are class ids in ``[0, num_classes)`` or 255 (ignore), in a
 deterministic order, restricted to one process's part of the split. Every dataset is a prepared
 TFDS builder; what differs between datasets is how one stored example becomes that dict.
+
+Some sources yield more per-pixel fields, each ``[H, W]`` and aligned with ``mask``; their names
+are listed in ``DatasetInfo.fields`` so the pipeline knows what to carry through augmentation
+and evaluation:
+
+- ``"instances"``: int32 instance ids, 0 = background (folder datasets with instance masks);
+- ``"weights"``: float32 per-pixel loss weights, e.g. the U-Net border weight map computed when
+  the dataset was prepared.
 """
 
 import dataclasses
@@ -23,6 +31,8 @@ class DatasetInfo:
       class_names: one name per class.
       palette: one RGB colour per class (for colour masks and overlays).
       splits: split name → number of examples.
+      fields: the per-pixel fields examples carry besides ``image`` and ``mask`` (see the
+        module docstring), e.g. ``("instances", "weights")``; ``()`` for class-mask datasets.
     """
 
     name: str
@@ -30,12 +40,23 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     splits: dict[str, int]
+    fields: tuple[str, ...] = ()
 
 
 def segmentation_example(ex: dict) -> dict:
     """The pipeline's example from the features every segjax builder stores (``image``,
     one-channel ``segmentation_mask`` of class ids, ``file_name``)."""
     return {"image": ex["image"], "mask": ex["segmentation_mask"][..., 0], "id": ex["file_name"]}
+
+
+def instance_example(ex: dict) -> dict:
+    """:func:`segmentation_example` plus ``"instances"`` (stored as uint16, yielded as int32)
+    and, when stored, ``"weights"`` (float32), of builders with instance masks."""
+    example = segmentation_example(ex)
+    example["instances"] = tf.cast(ex["instances"], tf.int32)
+    if "weights" in ex:
+        example["weights"] = tf.cast(ex["weights"], tf.float32)
+    return example
 
 
 def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
@@ -93,15 +114,18 @@ class Source:
         class_names: Sequence[str],
         palette: Sequence[tuple[int, int, int]] = (),
         to_example: Callable[[dict], dict] = segmentation_example,
+        fields: Sequence[str] = (),
     ) -> "Source":
         """The source of a prepared ``builder`` with every split it holds; ``palette`` defaults
-        to :func:`default_palette`."""
+        to :func:`default_palette`; ``fields`` names the extra per-pixel fields ``to_example``
+        yields (:attr:`DatasetInfo.fields`)."""
         info = DatasetInfo(
             name=name,
             num_classes=len(class_names),
             class_names=tuple(class_names),
             palette=tuple(palette) or default_palette(len(class_names)),
             splits={k: v.num_examples for k, v in builder.info.splits.items()},
+            fields=tuple(fields),
         )
         return cls(builder, info, to_example)
 

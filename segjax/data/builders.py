@@ -2,6 +2,8 @@
 
 - :func:`segmentation_info`: the stored features (``image``, one-channel ``segmentation_mask``
   of class ids, ``file_name``), read back by :func:`segjax.data.base.segmentation_example`;
+- :func:`instance_features`: the extra features of instance-mask datasets (``instances``,
+  ``weights``), read back by :func:`segjax.data.base.instance_example`;
 - :func:`file_example`: one stored example from an image file and its decoded mask, checked;
 - :class:`ArchiveBuilder` and :class:`ManualArchive`: datasets read from the manual directory,
   as an extracted folder or as the archive the user downloaded, or downloaded by the builder;
@@ -13,8 +15,9 @@
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 # TFDS raises it for an archive it cannot extract but does not export it under tfds.download.
@@ -30,9 +33,11 @@ def segmentation_info(
     *,
     homepage: str | None = None,
     image_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    extra_features: Mapping[str, tfds.features.FeatureConnector] | None = None,
 ) -> tfds.core.DatasetInfo:
     """The ``DatasetInfo`` of a segjax builder: RGB ``image`` of ``image_shape``,
-    ``segmentation_mask`` of the same size with one channel, ``file_name``."""
+    ``segmentation_mask`` of the same size with one channel, ``file_name``, and
+    ``extra_features`` (e.g. :func:`instance_features`)."""
     return builder.dataset_info_from_configs(
         description=description,
         features=tfds.features.FeaturesDict(
@@ -40,11 +45,32 @@ def segmentation_info(
                 "image": tfds.features.Image(shape=image_shape),
                 "segmentation_mask": tfds.features.Image(shape=(*image_shape[:2], 1)),
                 "file_name": tfds.features.Text(),
+                **(extra_features or {}),
             }
         ),
         supervised_keys=("image", "segmentation_mask"),
         homepage=homepage,
     )
+
+
+def instance_features(*, weights: bool) -> dict[str, tfds.features.FeatureConnector]:
+    """The features instance-mask datasets store besides :func:`segmentation_info`'s:
+    ``instances`` (uint16 ``[H, W]`` ids) and, with ``weights``, ``weights`` (float32
+    ``[H, W]``).
+
+    Both are zlib-compressed tensors. Measured on a 512x512 mask of 392 touching blobs
+    (:mod:`segjax.data.blobs`): instance ids 28 KB and 4-6 ms to decode, against 37 KB and 10 ms
+    as a 16-bit PNG ``Image``; the weight map 112 KB as float32 against 71 KB as float16, which
+    would change it by up to 5e-4 relative, so it stays float32 (exact, and faster to decode).
+    """
+    features = {
+        "instances": tfds.features.Tensor(shape=(None, None), dtype=np.uint16, encoding="zlib")
+    }
+    if weights:
+        features["weights"] = tfds.features.Tensor(
+            shape=(None, None), dtype=np.float32, encoding="zlib"
+        )
+    return features
 
 
 def file_example(
@@ -55,10 +81,11 @@ def file_example(
     *,
     num_classes: int,
     value_range: Sequence[float] = (),
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[str, dict]:
     """``(key, example)`` for :func:`segmentation_info`'s features from the image file at
     ``image_path`` and its decoded ``mask`` (uint8 ``[H, W]`` class ids, read from
-    ``mask_path``).
+    ``mask_path``), plus the ``extra`` features (e.g. :func:`instance_features`' values).
 
     Raises:
       DataError: the image cannot be read, its size differs from the mask's, or a label is
@@ -73,6 +100,7 @@ def file_example(
         "image": image_io.image_feature_value(data, image),
         "segmentation_mask": mask[..., None],
         "file_name": key,
+        **(extra or {}),
     }
 
 

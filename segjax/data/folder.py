@@ -11,6 +11,28 @@ single-channel (8- or 16-bit) PNG or TIFF, or a palette PNG whose palette index 
 255 means ignore. Images may be RGB, RGBA, CMYK, palette or 8/16-bit grayscale and are stored as
 RGB (see :mod:`segjax.data.image_io` for the exact conversion and ``value_range``).
 
+With ``config.data.mask_type = "instance"`` masks hold instance ids instead, as microscopy and
+annotation tools export them: 0 = background, every object its own id, in a single-channel 8-,
+16- or 32-bit PNG or TIFF (ids up to 65535; palette and colour files are refused). Examples then
+also carry ``"instances"`` (int32 ``[H, W]``) and ``"mask"`` is derived from them: 0 on the
+background, each instance's class elsewhere. Instance masks have no ignore region (no 255).
+Classes come from ``config.data.instance_classes``, a JSON file (relative to ``root``)::
+
+    {"<image id>": {"<instance id>": <class id>, ...}, ...}
+
+where the image id is the example's ``id`` (the stem relative to its split folder, e.g.
+``"sub/c"``), or ``"<split>/<id>"`` to tell apart images of two splits that share a stem (that
+form wins). The table is strict: every image needs an entry, every instance of the image a
+class in ``[1, num_classes)`` (0 is the background), and every id it names must occur in the
+mask; entries for images not in the folder are allowed. Without a table every instance is
+class 1 and the classes default to ``("background", "object")``; with one, the classes are
+named as for class masks (below).
+
+With ``config.data.weight_map.enabled`` (instance masks only) the U-Net border weight map
+(:func:`segjax.losses.unet_weight_map` with ``w0``, ``sigma``, ``class_weights`` and
+``border_on_background_only``) is computed once per example while the dataset is prepared and
+carried as ``"weights"`` (float32 ``[H, W]``).
+
 Class names come from ``config.data.class_names`` or, if empty, ``root/classes.txt`` (one per line);
 ``config.data.num_classes`` may be given instead (names ``class_0 ...``). The palette for colour
 outputs is ``config.data.palette`` or the VOC colour map.
@@ -18,21 +40,34 @@ outputs is ``config.data.palette`` or the VOC colour map.
 The folder is read once into a TFDS dataset under ``data_dir``: every file is decoded and checked
 while it is prepared, so a bad file stops preparation with its name (or is skipped and counted with
 ``config.data.skip_bad_examples``). The prepared copy is keyed by a fingerprint of the file list
-(names, sizes, modification times) and options, so editing the folder prepares it again.
+(names, sizes, modification times) and options (for instance masks also the class table's
+content and the weight-map options), so editing the folder prepares it again.
 """
 
+import dataclasses
 import hashlib
+import json
 import os
 import re
 
+import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 
-from segjax.data import builders, image_io
+from segjax import config as config_lib
+from segjax import losses
+from segjax.data import base, builders, image_io
 from segjax.data.base import Source
 from segjax.data.image_io import DataError
 from segjax.metrics import IGNORE_INDEX
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+MASK_TYPES = ("class", "instance")
+INSTANCE_CLASS_NAMES = ("background", "object")  # instance masks without a class table
+# Part of the fingerprint of weight-map datasets: bump it when unet_weight_map's output changes,
+# so datasets prepared with the old maps are prepared again.
+_WEIGHT_MAP_VERSION = 1
+_MAX_LISTED = 10  # ids listed in one error message
 
 
 def _stems(directory: str, extensions) -> dict[str, str]:
@@ -100,15 +135,234 @@ def fingerprint(root: str, options: tuple) -> str:
     return h.hexdigest()[:12]
 
 
-class FolderConfig(tfds.core.BuilderConfig):
-    """One folder + options; the name embeds the fingerprint."""
+def _ids_text(ids) -> str:
+    """``ids`` as a short list for messages: at most ``_MAX_LISTED`` of them, then the count."""
+    ids = [int(i) for i in ids]
+    more = f" … ({len(ids)} in all)" if len(ids) > _MAX_LISTED else ""
+    return f"[{', '.join(map(str, ids[:_MAX_LISTED]))}{more}]"
 
-    def __init__(self, *, root, num_classes, value_range, skip_bad_examples, **kwargs):
+
+def _parse_instance_entry(path: str, stem: str, entry, num_classes: int) -> dict[int, int]:
+    """One image's ``{instance id: class id}`` of the table at ``path``, checked."""
+    if not isinstance(entry, dict):
+        raise DataError(
+            f"{path}: entry {stem!r} is a {type(entry).__name__}; expected an object "
+            "{instance id: class id}"
+        )
+    classes: dict[int, int] = {}
+    for id_text, cls in entry.items():
+        text = id_text.strip()
+        instance = int(text) if text.isascii() and text.isdigit() else -1
+        if not 1 <= instance <= image_io.INSTANCE_ID_MAX:
+            raise DataError(
+                f"{path}: entry {stem!r}: instance id {id_text!r} is not an integer in "
+                f"1..{image_io.INSTANCE_ID_MAX} (0 is the background)"
+            )
+        if instance in classes:
+            raise DataError(f"{path}: entry {stem!r}: instance id {instance} given twice")
+        if isinstance(cls, bool) or not isinstance(cls, int) or not 1 <= cls < num_classes:
+            raise DataError(
+                f"{path}: entry {stem!r} instance {instance}: class {cls!r} outside "
+                f"[1, {num_classes}) (0 is the background; instances take classes "
+                f"1..{num_classes - 1})"
+            )
+        classes[instance] = cls
+    return classes
+
+
+def load_instance_classes(path: str, num_classes: int) -> dict[str, dict[int, int]]:
+    """The class table of an instance-mask folder (format in the module docstring):
+    image id → {instance id → class id}.
+
+    Raises:
+      DataError: the file cannot be read or is not JSON, is not ``{stem: {id: class}}``, an id
+        is not in ``1..65535`` or given twice, or a class is outside ``[1, num_classes)``.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the instance class table ({e})") from e
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno}); expected "
+            "{image stem: {instance id: class id}}"
+        ) from e
+    if not isinstance(raw, dict):
+        raise DataError(
+            f"{path}: a JSON {type(raw).__name__}; expected an object "
+            "{image stem: {instance id: class id}}"
+        )
+    return {stem: _parse_instance_entry(path, stem, e, num_classes) for stem, e in raw.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightMapOptions:
+    """Arguments of :func:`segjax.losses.unet_weight_map` for every example of a dataset."""
+
+    w0: float
+    sigma: float
+    class_weights: tuple[float, ...] | None  # None = balance class frequencies per image
+    border_on_background_only: bool
+
+    def compute(self, instances: np.ndarray, class_mask: np.ndarray) -> np.ndarray:
+        """The float32 ``[H, W]`` weight map of one example."""
+        return losses.unet_weight_map(
+            instances,
+            class_mask,
+            w0=self.w0,
+            sigma=self.sigma,
+            class_weights=self.class_weights,
+            border_on_background_only=self.border_on_background_only,
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class InstanceOptions:
+    """How a folder's instance masks become examples.
+
+    Attributes:
+      table_path: the class table (``""``: none, every instance is class 1).
+      table: its content (:func:`load_instance_classes`).
+      table_digest: hash of the table file's bytes, for the fingerprint.
+      weight_map: the weight-map options, or None when the map is off.
+    """
+
+    table_path: str
+    table: dict[str, dict[int, int]]
+    table_digest: str
+    weight_map: WeightMapOptions | None
+
+    def fingerprint_options(self) -> tuple:
+        """What of these options the prepared examples depend on."""
+        weights = None
+        if self.weight_map is not None:
+            weights = (dataclasses.astuple(self.weight_map), _WEIGHT_MAP_VERSION)
+        return ("instance", self.table_digest, weights)
+
+    def class_mask(self, instances: np.ndarray, *, split: str, key: str, mask_path: str):
+        """The uint8 class mask of ``instances`` (the decoded mask at ``mask_path`` of example
+        ``key`` in ``split``): 0 on the background, each instance's class elsewhere.
+
+        Raises:
+          DataError: with a table: the image has no entry, an instance has no class, or the
+            entry names an id the mask does not hold.
+        """
+        if not self.table_path:
+            return (instances != 0).astype(np.uint8)
+        name = f"{split}/{key}" if f"{split}/{key}" in self.table else key
+        if name not in self.table:
+            raise DataError(
+                f"{mask_path}: image {key!r} has no entry in {self.table_path} (every image "
+                "needs the classes of its instances)"
+            )
+        entry = self.table[name]
+        present = np.unique(instances)
+        present = set(present[present != 0].tolist())
+        if missing := sorted(present - set(entry)):
+            raise DataError(
+                f"{mask_path}: instance ids {_ids_text(missing)} have no class in "
+                f"{self.table_path} entry {name!r}"
+            )
+        if absent := sorted(set(entry) - present):
+            raise DataError(
+                f"{self.table_path}: entry {name!r} names instance ids {_ids_text(absent)} "
+                f"that are not in {mask_path}"
+            )
+        lookup = np.zeros(image_io.INSTANCE_ID_MAX + 1, np.uint8)
+        lookup[list(entry)] = list(entry.values())
+        return lookup[instances]
+
+
+def check_mask_type(data_config) -> bool:
+    """Whether ``data_config`` reads instance masks (``mask_type``), after checking that the
+    instance-only options are not set for class masks.
+
+    Raises:
+      ValueError: ``mask_type`` unknown, or ``weight_map.enabled`` / ``instance_classes`` with
+        class masks.
+    """
+    mask_type, table_value = data_config.mask_type, data_config.instance_classes
+    if mask_type not in MASK_TYPES:
+        raise ValueError(f"config.data.mask_type={mask_type!r}; expected 'class' or 'instance'")
+    if mask_type == "class" and data_config.weight_map.enabled:
+        raise ValueError(
+            "config.data.weight_map.enabled=True needs config.data.mask_type='instance' "
+            "(got 'class'): the border weights are computed from instance ids"
+        )
+    if mask_type == "class" and table_value:
+        raise ValueError(
+            f"config.data.instance_classes={table_value!r} needs "
+            "config.data.mask_type='instance' (got 'class')"
+        )
+    return mask_type == "instance"
+
+
+def instance_options(data_config, num_classes: int) -> InstanceOptions | None:
+    """The instance-mask options of ``data_config`` (``mask_type``, ``instance_classes``,
+    ``weight_map``), checked; None for class masks.
+
+    Raises:
+      ValueError: see :func:`check_mask_type`; fewer than 2 classes; bad weight-map options.
+      DataError: the class table is missing or bad (:func:`load_instance_classes`).
+    """
+    if not check_mask_type(data_config):
+        return None
+    table_value, wm = data_config.instance_classes, data_config.weight_map
+    if num_classes < 2:
+        raise ValueError(
+            f"config.data.mask_type='instance' needs at least 2 classes (background + objects), "
+            f"got {num_classes}"
+        )
+    table, digest, table_path = {}, "", ""
+    if table_value:
+        table_path = os.path.join(data_config.root, table_value)
+        if not os.path.isfile(table_path):
+            raise DataError(
+                f"config.data.instance_classes={table_value!r}: file not found ({table_path})"
+            )
+        table = load_instance_classes(table_path, num_classes)
+        with open(table_path, "rb") as f:
+            digest = hashlib.sha1(f.read()).hexdigest()
+    weight_map = _weight_map_options(wm, num_classes) if wm.enabled else None
+    return InstanceOptions(table_path, table, digest, weight_map)
+
+
+def _weight_map_options(wm, num_classes: int) -> WeightMapOptions:
+    """``config.data.weight_map`` as :class:`WeightMapOptions`, checked (ValueError)."""
+    if not float(wm.sigma) > 0 or not float(wm.w0) >= 0:
+        raise ValueError(
+            f"config.data.weight_map: w0={wm.w0}, sigma={wm.sigma}; expected w0 >= 0, sigma > 0"
+        )
+    class_weights = tuple(float(w) for w in wm.class_weights) or None
+    if class_weights is not None and len(class_weights) != num_classes:
+        raise ValueError(
+            f"config.data.weight_map.class_weights has {len(class_weights)} weights for "
+            f"{num_classes} classes; expected one per class or () (balance per image)"
+        )
+    return WeightMapOptions(
+        w0=float(wm.w0),
+        sigma=float(wm.sigma),
+        class_weights=class_weights,
+        border_on_background_only=bool(wm.border_on_background_only),
+    )
+
+
+class FolderConfig(tfds.core.BuilderConfig):
+    """One folder + options; the name embeds the fingerprint. ``instance`` holds the
+    :class:`InstanceOptions` of instance masks (None: class masks)."""
+
+    def __init__(
+        self, *, root, num_classes, value_range, skip_bad_examples, instance=None, **kwargs
+    ):
         super().__init__(version=tfds.core.Version("1.0.0"), **kwargs)
         self.root = root
         self.num_classes = num_classes
         self.value_range = tuple(value_range or ())
         self.skip_bad_examples = skip_bad_examples
+        self.instance = instance
 
 
 class SegjaxFolder(tfds.core.GeneratorBasedBuilder):
@@ -119,7 +373,11 @@ class SegjaxFolder(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return builders.segmentation_info(self, __doc__)
+        instance = self.builder_config.instance
+        extra = None
+        if instance is not None:
+            extra = builders.instance_features(weights=instance.weight_map is not None)
+        return builders.segmentation_info(self, __doc__, extra_features=extra)
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -143,6 +401,8 @@ class SegjaxFolder(tfds.core.GeneratorBasedBuilder):
                 )
             if image_path is None:
                 raise DataError(f"{mask_path}: mask without image (no images/.../{key}.*)")
+            if cfg.instance is not None:
+                return self._instance_example(key, image_path, mask_path, split)
             mask = image_io.decode_mask(image_io.read_bytes(mask_path), path=mask_path)
             return builders.file_example(
                 key,
@@ -156,9 +416,29 @@ class SegjaxFolder(tfds.core.GeneratorBasedBuilder):
         counter = image_io.SkipCounter(cfg.skip_bad_examples)
         yield from image_io.generate_checked(pairs, make, counter, f"{cfg.root} split {split!r}")
 
+    def _instance_example(self, key, image_path, mask_path, split):
+        """``(key, example)`` of an instance mask: the derived class mask, the ids and, when
+        enabled, the weight map."""
+        cfg = self.builder_config
+        instances = image_io.decode_instance_mask(image_io.read_bytes(mask_path), path=mask_path)
+        mask = cfg.instance.class_mask(instances, split=split, key=key, mask_path=mask_path)
+        extra = {"instances": instances}
+        if cfg.instance.weight_map is not None:
+            extra["weights"] = cfg.instance.weight_map.compute(instances, mask)
+        return builders.file_example(
+            key,
+            image_path,
+            mask,
+            mask_path,
+            num_classes=cfg.num_classes,
+            value_range=cfg.value_range,
+            extra=extra,
+        )
 
-def class_names_of(data_config) -> tuple[str, ...]:
-    """Class names from the config, ``root/classes.txt``, or ``num_classes`` generic names.
+
+def class_names_of(data_config, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Class names from the config, ``root/classes.txt``, ``num_classes`` generic names, or
+    ``default`` when none of those is set.
 
     Raises:
       DataError: no way to know the number of classes, or the sources disagree.
@@ -170,6 +450,8 @@ def class_names_of(data_config) -> tuple[str, ...]:
         with open(names_file) as f:
             names = tuple(line.strip() for line in f if line.strip())
     num_classes = int(data_config.num_classes or 0)
+    if not names and num_classes <= 0 and default:
+        return tuple(default)
     if not names:
         if num_classes <= 0:
             raise DataError(
@@ -189,16 +471,46 @@ def class_names_of(data_config) -> tuple[str, ...]:
     return names
 
 
+def _with_schema_defaults(data_config) -> ml_collections.ConfigDict:
+    """``data_config`` with the schema default (:mod:`segjax.config`) of every key it lacks.
+
+    Configs assembled by hand (scripts, tests) may predate newer keys such as ``mask_type``;
+    filling them from the schema keeps every default in one place.
+    """
+
+    def fill(config, schema):
+        for key, default in schema.items():
+            if key not in config:
+                config[key] = default
+            elif isinstance(default, ml_collections.ConfigDict):
+                fill(config[key], default)
+
+    merged = ml_collections.ConfigDict(data_config.to_dict())
+    fill(merged, config_lib.base_config().data)
+    return merged
+
+
 def load(data_config) -> Source:
     """The ``folder`` dataset at ``data_config.root``, prepared (when new or changed).
 
     Reads ``root``, ``num_classes``, ``class_names``, ``palette``, ``value_range``,
-    ``skip_bad_examples`` and ``data_dir`` of ``data_config``.
+    ``skip_bad_examples``, ``data_dir``, ``mask_type``, ``instance_classes`` and
+    ``weight_map`` of ``data_config`` (keys it lacks take the schema's defaults).
+
+    Raises:
+      DataError: a problem with the folder's files (named in the message).
+      ValueError: an invalid option (see :func:`instance_options`).
     """
+    data_config = _with_schema_defaults(data_config)
     root = data_config.root
     if not root or not os.path.isdir(root):
         raise DataError(f"config.data.root={root!r}: folder dataset directory not found")
-    names = class_names_of(data_config)
+    is_instance = check_mask_type(data_config)
+    names = class_names_of(
+        data_config,
+        default=INSTANCE_CLASS_NAMES if is_instance and not data_config.instance_classes else (),
+    )
+    instance = instance_options(data_config, len(names))
     palette = tuple(tuple(int(c) for c in rgb) for rgb in (data_config.palette or ()))
     if palette and len(palette) != len(names):
         raise DataError(f"config.data.palette has {len(palette)} colours for {len(names)} classes")
@@ -206,7 +518,10 @@ def load(data_config) -> Source:
     if value_range and len(value_range) != 2:
         raise DataError(f"config.data.value_range={value_range}; expected (low, high) or ()")
     skip = bool(data_config.skip_bad_examples)
+    # Class-mask datasets keep the fingerprint they had before instance masks existed.
     options = (len(names), value_range, skip)
+    if instance is not None:
+        options += instance.fingerprint_options()
     slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(os.path.abspath(root)).lower()).strip("_")
     config = FolderConfig(
         name=f"{slug or 'folder'}_{fingerprint(root, options)}",
@@ -214,7 +529,18 @@ def load(data_config) -> Source:
         num_classes=len(names),
         value_range=value_range,
         skip_bad_examples=skip,
+        instance=instance,
     )
     builder = SegjaxFolder(config=config, data_dir=data_config.data_dir or None)
     builders.prepare(builder, where=f"folder {root}")
-    return Source.from_builder(builder, name="folder", class_names=names, palette=palette)
+    if instance is None:
+        return Source.from_builder(builder, name="folder", class_names=names, palette=palette)
+    fields = ("instances", "weights") if instance.weight_map is not None else ("instances",)
+    return Source.from_builder(
+        builder,
+        name="folder",
+        class_names=names,
+        palette=palette,
+        to_example=base.instance_example,
+        fields=fields,
+    )

@@ -17,6 +17,11 @@ Images become ``uint8 [H, W, 3]`` RGB:
 Masks become ``uint8 [H, W]`` class ids: single-channel 8- or 16-bit PNG/TIFF (values must be
 at most 255), palette PNG (the palette *index* is the class id, as in PASCAL VOC), or an RGB
 file whose three channels are equal.
+
+Instance masks (:func:`decode_instance_mask`) become ``uint16 [H, W]`` instance ids (0 =
+background): single-channel 8-, 16- or 32-bit integer PNG/TIFF, or a float TIFF of whole
+numbers; ids must fit 0..65535. Palette, colour and 1-bit files are refused: a colour or palette
+index is not an id, and a 1-bit file is a class mask.
 """
 
 import dataclasses
@@ -36,6 +41,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp", ".pgm")
 
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+INSTANCE_ID_MAX = 65535  # instance ids are stored as uint16
+_TIFF_SAMPLE_FORMAT = 339  # TIFF tag: 1 = unsigned integer (the default), 2 = signed, 3 = float
 
 
 class DataError(ValueError):
@@ -139,6 +147,54 @@ def decode_mask(data: bytes, *, path: str) -> np.ndarray:
             )
         return values.astype(np.uint8)
     raise DataError(f"{path}: unsupported mask mode {mode!r}; expected single-channel or palette")
+
+
+def _unsigned_32bit_tiff(img: Image.Image) -> bool:
+    """Whether ``img`` is a TIFF of unsigned 32-bit samples, which Pillow reads as int32 (so
+    ids of 2**31 and more would look negative)."""
+    tags = getattr(img, "tag_v2", None)
+    if img.format != "TIFF" or tags is None:
+        return False
+    bits = tuple(np.atleast_1d(tags.get(258, (1,))))
+    sample_format = tuple(np.atleast_1d(tags.get(_TIFF_SAMPLE_FORMAT, (1,))))
+    return bits[0] == 32 and sample_format[0] == 1
+
+
+def decode_instance_mask(data: bytes, *, path: str) -> np.ndarray:
+    """Decodes an instance-mask file to ``uint16 [H, W]`` instance ids (0 = background).
+
+    Accepts single-channel 8-, 16- or 32-bit integer PNG/TIFF and float TIFFs of whole numbers
+    (see the module docstring).
+
+    Raises:
+      DataError: unreadable file; a palette, colour, grey+alpha or 1-bit file (ambiguous as
+        instance ids); non-integer values; an id below 0 or above :data:`INSTANCE_ID_MAX`.
+    """
+    img = _open(data, path, "instance mask")
+    mode = img.mode
+    if mode == "L":
+        return np.asarray(img).astype(np.uint16)
+    if mode not in _HIGH_DEPTH_MODES:
+        raise DataError(
+            f"{path}: instance mask of mode {mode!r}; expected a single-channel 8/16/32-bit PNG "
+            "or TIFF of instance ids (palette indices, colours and 1-bit masks are not ids)"
+        )
+    values = np.asarray(img)
+    if mode == "I" and _unsigned_32bit_tiff(img):
+        values = values.view(np.uint32)
+    if mode == "F" and not (np.isfinite(values).all() and np.array_equal(values, np.round(values))):
+        raise DataError(f"{path}: instance mask holds non-integer values; expected instance ids")
+    if values.size and values.min() < 0:
+        raise DataError(
+            f"{path}: instance id {int(values.min())} is negative; expected 0 (background) or "
+            "a positive id"
+        )
+    if values.size and values.max() > INSTANCE_ID_MAX:
+        raise DataError(
+            f"{path}: instance id {int(values.max())} exceeds {INSTANCE_ID_MAX} (instance ids "
+            "are stored as uint16)"
+        )
+    return values.astype(np.uint16)
 
 
 def check_example(
