@@ -123,8 +123,15 @@ def _train_schema() -> ml_collections.ConfigDict:
     # The loss: a weighted sum of named terms (segjax.losses.build_loss), applied the same way
     # to the auxiliary head (times aux_weight). A weight of 0 leaves a term out.
     train.loss = ml_collections.ConfigDict(
-        {"ce": 1.0, "dice": 0.0, "jaccard": 0.0, "tversky": 0.0, "focal": 0.0, "lovasz": 0.0,
-         "ohem": 0.0}
+        {
+            "ce": 1.0,
+            "dice": 0.0,
+            "jaccard": 0.0,
+            "tversky": 0.0,
+            "focal": 0.0,
+            "lovasz": 0.0,
+            "ohem": 0.0,
+        }
     )
     train.loss_params = _loss_params_schema()
     train.max_nonfinite_skips = 0  # non-finite loss/grad: skip up to this many updates, then stop
@@ -146,7 +153,7 @@ def _loss_params_schema() -> ml_collections.ConfigDict:
     lp.tversky_smooth = 1.0
     lp.focal_gamma = 2.0
     lp.ohem_thresh = 0.7  # keep pixels whose true-class probability is below this …
-    lp.ohem_min_kept = 100_000  # … but at least this many of the batch's valid pixels
+    lp.ohem_min_kept = 100_000  # … but at least this many valid pixels per image (mmseg)
     return lp
 
 
