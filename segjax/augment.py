@@ -6,8 +6,14 @@ function of its seed. Images are float32 in 0–255 until they are normalised; m
 class ids with 255 = ignore.
 
 - :func:`train_transform`: random scale → random crop (optionally class-balanced) →
-  (photometric distortion) → normalise → pad → horizontal flip.
+  (elastic deformation) → (photometric distortion) → normalise → pad → horizontal flip.
 - :func:`eval_transform`: normalise the full-resolution image and pad it to a fixed size.
+- :func:`train_transform_fields` and :func:`eval_transform_fields`: the same on a dict of
+  per-pixel fields: besides ``"image"`` and ``"mask"``, the U-Net border ``"weights"`` (float32)
+  and ``"instances"`` ids (int32) follow the mask's nearest-neighbour sampling pixel for pixel
+  and are padded with their own fill value (:data:`FIELD_FILL`).
+- :class:`ElasticParams`, :func:`elastic_displacement`: the U-Net paper's elastic deformation
+  (random displacements on a coarse grid, bicubically interpolated).
 """
 
 import dataclasses
@@ -20,6 +26,10 @@ from segjax.metrics import IGNORE_INDEX
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+
+# Fill value of every mask-like field where it has no source pixel (padding): "mask" is
+# ignored there, and the border weights and instance ids (0 = background) add nothing.
+FIELD_FILL = {"mask": IGNORE_INDEX, "weights": 0, "instances": 0}
 
 
 def pad_to_size(
@@ -70,6 +80,72 @@ def eval_transform(
     )
     image, mask = pad_to_size(tf.cast(image, tf.float32), mask, pad_size, mean)
     return normalize(image, mean, std), mask
+
+
+def _mask_like_fields(fields: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """The mask-like entries of ``fields`` (``"mask"`` first), after checking the names: an
+    ``"image"`` and a ``"mask"`` are required, other names must be in :data:`FIELD_FILL`, and
+    every mask-like field must have the mask's height and width (checked at run time)."""
+    unknown = sorted(set(fields) - {"image", *FIELD_FILL})
+    if unknown or "image" not in fields or "mask" not in fields:
+        raise ValueError(
+            f"augmentation fields {sorted(fields)}; expected 'image', 'mask' and optionally "
+            f"{', '.join(repr(k) for k in FIELD_FILL if k != 'mask')}"
+            + (f" (unknown: {unknown})" if unknown else "")
+        )
+    mask = fields["mask"]
+    extras = {}
+    for name in FIELD_FILL:
+        if name == "mask" or name not in fields:
+            continue
+        field = tf.convert_to_tensor(fields[name])
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_equal(
+                    tf.shape(field),
+                    tf.shape(mask),
+                    message=f"augmentation field {name!r} must have the mask's [H, W] shape",
+                )
+            ]
+        ):
+            extras[name] = tf.identity(field)
+    return {"mask": mask, **extras}
+
+
+def _pad_field(field: tf.Tensor, name: str, size: Sequence[int]) -> tf.Tensor:
+    """Pads a mask-like ``field`` of at most ``size`` bottom/right to ``size`` with its
+    :data:`FIELD_FILL` value."""
+    pad = [[0, size[0] - tf.shape(field)[0]], [0, size[1] - tf.shape(field)[1]]]
+    return tf.pad(field, pad, constant_values=tf.cast(FIELD_FILL[name], field.dtype))
+
+
+def eval_transform_fields(
+    fields: dict[str, tf.Tensor],
+    *,
+    pad_size: Sequence[int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> dict[str, tf.Tensor]:
+    """:func:`eval_transform` of a dict of fields: ``"image"`` and ``"mask"`` exactly as there,
+    the optional ``"weights"`` and ``"instances"`` padded with :data:`FIELD_FILL` (0).
+
+    Returns:
+      the same keys, static shapes: image float32 ``[*pad_size, 3]``, the others ``pad_size``.
+
+    Raises:
+      ValueError: an unknown or missing field name.
+      InvalidArgumentError (at run time): as :func:`eval_transform`, or a field whose shape is
+        not the mask's.
+    """
+    labels = _mask_like_fields(fields)
+    size = [int(pad_size[0]), int(pad_size[1])]
+    image, mask = eval_transform(
+        fields["image"], labels.pop("mask"), pad_size=pad_size, mean=mean, std=std
+    )
+    out = {"image": tf.ensure_shape(image, [*size, 3]), "mask": tf.ensure_shape(mask, size)}
+    for name, field in labels.items():
+        out[name] = tf.ensure_shape(_pad_field(field, name, size), size)
+    return out
 
 
 # --- Photometric distortion (mmsegmentation-style) ---
@@ -193,7 +269,7 @@ def photometric_distortion(
     )
 
 
-# --- Training transform ---
+# --- Scale, crop, pad and flip ---
 
 
 def crop_offsets(
@@ -240,8 +316,9 @@ class _CropWindow:
         return image[y0 : y0 + out_h, x0 : x0 + out_w]
 
     def cut_mask(self, mask: tf.Tensor, uy: tf.Tensor, ux: tf.Tensor, stride: int = 1) -> tf.Tensor:
-        """The window of the source ``mask`` resized (nearest) like the image, every
-        ``stride``-th row and column: uint8 ``[out_h / stride, out_w / stride]``."""
+        """The window of the source ``mask`` (or any other ``[H, W]`` field, of any dtype)
+        resized (nearest) like the image, every ``stride``-th row and column:
+        ``[out_h / stride, out_w / stride]``."""
         (y0, x0), (out_h, out_w) = self.corner(uy, ux), self.out_hw
         rows = _nearest_sources(y0, out_h, self.source_hw[0], self.scaled_hw[0])[::stride]
         cols = _nearest_sources(x0, out_w, self.source_hw[1], self.scaled_hw[1])[::stride]
@@ -316,14 +393,10 @@ def _class_balanced_offsets(
 
 
 def _normalize_and_pad(
-    image: tf.Tensor,
-    mask: tf.Tensor,
-    size: tuple[int, int],
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Normalises a crop window of at most ``size`` and pads it bottom/right to ``size``:
-    the image with zeros (= the normalised mean), the mask with the ignore label."""
+    image: tf.Tensor, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> tf.Tensor:
+    """Normalises a crop window of at most ``size`` and pads it bottom/right to ``size`` with
+    zeros (= the normalised mean)."""
     ch, cw = size
     out_h, out_w = tf.shape(image)[0], tf.shape(image)[1]
     # Full-size constant arrays: per-channel broadcasting is several times slower than an
@@ -333,18 +406,222 @@ def _normalize_and_pad(
         -np.asarray(mean, np.float32) / np.asarray(std, np.float32), (ch, cw, 3)
     )
     image = image * tf.constant(scale)[:out_h, :out_w] + tf.constant(shift)[:out_h, :out_w]
-    pad = [[0, ch - out_h], [0, cw - out_w]]
-    image = tf.pad(image, pad + [[0, 0]])
-    mask = tf.pad(mask, pad, constant_values=IGNORE_INDEX)
-    return image, mask
+    return tf.pad(image, [[0, ch - out_h], [0, cw - out_w], [0, 0]])
 
 
-def _flip(image: tf.Tensor, mask: tf.Tensor, do_flip: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Horizontal flip of both when ``do_flip`` (``tf.reverse``: a negative-stride slice is
-    slower)."""
-    image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
-    mask = tf.cond(do_flip, lambda: tf.reverse(mask, [1]), lambda: mask)
-    return image, mask
+def _flip(
+    image: tf.Tensor, labels: dict[str, tf.Tensor], do_flip: tf.Tensor
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """Horizontal flip of the image and every mask-like field when ``do_flip``
+    (``tf.reverse``: a negative-stride slice is slower)."""
+
+    def flip(x):
+        return tf.cond(do_flip, lambda: tf.reverse(x, [1]), lambda: x)
+
+    return flip(image), {name: flip(field) for name, field in labels.items()}
+
+
+# --- Elastic deformation (the U-Net paper's) ---
+
+
+@dataclasses.dataclass(frozen=True)
+class ElasticParams:
+    """The U-Net paper's elastic deformation of a training crop (see
+    :func:`elastic_displacement`).
+
+    Attributes:
+      grid: nodes per side of the coarse grid of random displacement vectors (paper: 3); the
+        grid spans the crop, corner nodes on the corner pixels.
+      sigma: standard deviation of each displacement component, in pixels of the crop (the
+        paper's 10 was for 572-pixel tiles: scale it with the crop size).
+
+    Raises:
+      ValueError: ``grid`` not an integer ≥ 2 or ``sigma`` not a finite number ≥ 0.
+    """
+
+    grid: int = 3
+    sigma: float = 10.0
+
+    def __post_init__(self):
+        grid_ok = isinstance(self.grid, int | np.integer) and not isinstance(self.grid, bool)
+        if not grid_ok or self.grid < 2:
+            raise ValueError(
+                f"config.data.elastic.grid={self.grid!r}; expected an integer >= 2 "
+                "(the coarse grid's corner nodes sit on the crop's corners)"
+            )
+        sigma_ok = isinstance(self.sigma, int | float | np.number) and not isinstance(
+            self.sigma, bool
+        )
+        if not sigma_ok or not (np.isfinite(self.sigma) and self.sigma >= 0):
+            raise ValueError(
+                f"config.data.elastic.sigma={self.sigma!r}; expected a finite number >= 0 "
+                "(pixels of the crop)"
+            )
+
+
+def elastic_from_config(elastic) -> ElasticParams | None:
+    """``config.data.elastic`` (``enabled``, ``grid``, ``sigma``) as :class:`ElasticParams`, or
+    None when it is not enabled."""
+    if not elastic.enabled:
+        return None
+    return ElasticParams(grid=elastic.grid, sigma=elastic.sigma)
+
+
+def elastic_displacement(
+    seed: tf.Tensor, height: tf.Tensor | int, width: tf.Tensor | int, params: ElasticParams
+) -> tf.Tensor:
+    """The dense displacement field of the elastic deformation; a pure function of ``seed``.
+
+    ``grid × grid`` random vectors (dy, dx), each component ~ N(0, ``sigma``), are interpolated
+    to every pixel by TensorFlow's bicubic resize in its ``align_corners`` mode: node (i, j)
+    sits on pixel (i·(height−1)/(grid−1), j·(width−1)/(grid−1)), so the grid spans the crop
+    corner to corner and the field equals the drawn vectors at the nodes. In between it is
+    cubic convolution with a = −0.75 (as OpenCV's ``INTER_CUBIC``; TensorFlow tabulates the
+    kernel at 1/1024 of a cell), continuously differentiable, the edge nodes repeated outside.
+
+    Args:
+      seed: int ``[2]`` stateless seed.
+      height, width: size of the field.
+      params: grid size and sigma (pixels).
+
+    Returns:
+      float32 ``[height, width, 2]``: (dy, dx) in pixels.
+    """
+    coarse = tf.random.stateless_normal([params.grid, params.grid, 2], seed=seed)
+    dense = tf.raw_ops.ResizeBicubic(
+        images=coarse[None] * float(params.sigma),
+        size=tf.cast(tf.stack([height, width]), tf.int32),
+        align_corners=True,
+        half_pixel_centers=False,
+    )
+    return dense[0]
+
+
+def _mirror(coords: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Continuous pixel coordinates reflected into [0, size − 1] about the edge pixels'
+    centres (``np.pad(mode="reflect")``, the mirroring of the U-Net overlap-tile); exact up to
+    one crop size outside, farther out (displacements larger than the crop) they go to 0."""
+    last = tf.cast(size - 1, tf.float32)
+    # |c| reflects about 0 and last − |last − ·| about last; cheaper than floormod on CPU.
+    return tf.maximum(last - tf.abs(last - tf.abs(coords)), 0.0)
+
+
+def _bilinear_at(image: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
+    """``image`` ``[h, w, c]`` sampled bilinearly at positions ``rows, cols`` (float ``[h', w']``,
+    inside the image; pixel centres at integers): ``[h', w', c]``."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    flat = tf.reshape(image, [h * w, -1])
+    r0, c0 = tf.floor(rows), tf.floor(cols)
+    wr, wc = (rows - r0)[..., None], (cols - c0)[..., None]
+    r0, c0 = tf.cast(r0, tf.int32), tf.cast(c0, tf.int32)
+    top, bottom = r0 * w, tf.minimum(r0 + 1, h - 1) * w
+    c1 = tf.minimum(c0 + 1, w - 1)
+
+    def row(start):
+        left = tf.gather(flat, start + c0)
+        return left + wc * (tf.gather(flat, start + c1) - left)
+
+    upper = row(top)
+    return upper + wr * (row(bottom) - upper)
+
+
+def _elastic_deform(
+    image: tf.Tensor, labels: dict[str, tf.Tensor], seed: tf.Tensor, params: ElasticParams
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """Elastic deformation of a crop: output pixel p takes its value from p + displacement(p)
+    (:func:`elastic_displacement`), mirrored back into the crop where it falls outside; the
+    image bilinearly, every mask-like field from the same nearest source pixel."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    shift = elastic_displacement(seed, h, w, params)
+    rows = _mirror(tf.cast(tf.range(h), tf.float32)[:, None] + shift[..., 0], h)
+    cols = _mirror(tf.cast(tf.range(w), tf.float32)[None, :] + shift[..., 1], w)
+    nearest = tf.cast(tf.round(rows), tf.int32) * w + tf.cast(tf.round(cols), tf.int32)
+    labels = {name: tf.gather(tf.reshape(f, [-1]), nearest) for name, f in labels.items()}
+    return _bilinear_at(image, rows, cols), labels
+
+
+# --- Training transform ---
+
+
+def train_transform_fields(
+    fields: dict[str, tf.Tensor],
+    seed: tf.Tensor,
+    *,
+    crop_size: Sequence[int],
+    scale_range: Sequence[float] = (0.5, 2.0),
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    photometric: bool = False,
+    colour_model: str = "yiq",
+    cat_max_ratio: float = 1.0,
+    max_tries: int = 10,
+    elastic: ElasticParams | None = None,
+) -> dict[str, tf.Tensor]:
+    """The training augmentation of one example's per-pixel fields; a pure function of ``seed``.
+
+    Equivalent to: resize by a random scale (image bilinear, mask-like fields nearest) → pad
+    bottom/right to ``crop_size`` → random ``crop_size`` crop (every position equally likely) →
+    (elastic deformation of the part inside the image) → flip horizontally with probability
+    1/2 → normalise. It is computed crop-first, about twice as fast on CPU: the window is cut
+    from the unpadded resized image, mask-like fields are resampled only inside it, and
+    padding (image: ``mean``; others: :data:`FIELD_FILL`) comes after normalisation.
+
+    Args:
+      fields: ``"image"`` uint8 or float ``[H, W, 3]``, ``"mask"`` uint8 ``[H, W]`` and
+        optionally ``"weights"`` float32 and ``"instances"`` int32 ``[H, W]``, which take
+        exactly the mask's source pixel everywhere.
+      seed: int ``[2]`` stateless seed.
+      crop_size: (height, width) of the output.
+      scale_range: (min, max) of the uniform random scale; (1, 1) disables scaling.
+      hflip: flip horizontally with probability 1/2.
+      mean, std: per-channel normalisation in 0–255 units.
+      photometric: apply :func:`photometric_distortion` (seeded from ``seed``) to the crop.
+      colour_model: its colour model: "yiq" (a cheap colour matrix) or "hsv" (exactly
+        mmsegmentation, but the HSV round trip costs more than all the rest together).
+      cat_max_ratio: < 1 re-draws the crop (up to ``max_tries`` windows, the first being the
+        plain draw) until no class covers that fraction of its labelled pixels, as
+        mmsegmentation's ``RandomCrop(cat_max_ratio=…)``.
+      max_tries: windows tried for ``cat_max_ratio``.
+      elastic: the U-Net paper's elastic deformation (seeded from ``seed``) of the crop's
+        part inside the image: pixel p takes the value at p + displacement(p)
+        (:func:`elastic_displacement`), the image bilinearly, mask-like fields from the
+        nearest pixel (never blended); sources outside the crop are mirrored back in
+        (``np.pad`` "reflect" about the edge pixels). None for none.
+
+    Returns:
+      the same keys: image float32 ``[h, w, 3]`` normalised, the others ``[h, w]``.
+
+    Raises:
+      ValueError: an unknown or missing field name.
+    """
+    labels = _mask_like_fields(fields)
+    size = (int(crop_size[0]), int(crop_size[1]))
+    u = tf.random.stateless_uniform([4], seed=seed)
+    source_hw = (tf.shape(labels["mask"])[0], tf.shape(labels["mask"])[1])
+    image = _random_resize(tf.cast(fields["image"], tf.float32), source_hw, scale_range, u[0])
+    window = _CropWindow(size, source_hw, (tf.shape(image)[0], tf.shape(image)[1]))
+    uy, ux = u[1], u[2]
+    if cat_max_ratio < 1.0:
+        uy, ux = _class_balanced_offsets(
+            window, labels["mask"], seed, u[1:3], cat_max_ratio, max_tries
+        )
+    image = window.cut_image(image, uy, ux)
+    labels = {name: window.cut_mask(field, uy, ux) for name, field in labels.items()}
+    if elastic is not None:
+        elastic_seed = tf.random.experimental.stateless_fold_in(seed, 3)
+        image, labels = _elastic_deform(image, labels, elastic_seed, elastic)
+    if photometric:
+        image = photometric_distortion(
+            image, tf.random.experimental.stateless_fold_in(seed, 2), colour_model=colour_model
+        )
+    image = _normalize_and_pad(image, size, mean, std)
+    labels = {name: _pad_field(field, name, size) for name, field in labels.items()}
+    if hflip:
+        image, labels = _flip(image, labels, u[3] < 0.5)
+    out = {"image": tf.ensure_shape(image, [*size, 3])}
+    out.update({name: tf.ensure_shape(field, list(size)) for name, field in labels.items()})
+    return out
 
 
 def train_transform(
@@ -361,49 +638,26 @@ def train_transform(
     colour_model: str = "yiq",
     cat_max_ratio: float = 1.0,
     max_tries: int = 10,
+    elastic: ElasticParams | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """The training augmentation of one example; a pure function of ``seed``.
-
-    Equivalent to: resize by a random scale (image bilinear, mask nearest) → pad bottom/right
-    to ``crop_size`` (image with ``mean``, mask with 255) → random ``crop_size`` crop (every
-    position equally likely) → flip horizontally with probability 1/2 → normalise. It is
-    computed crop-first, about twice as fast on CPU: the window is cut from the unpadded
-    resized image, the mask is resampled only inside it, and padding comes after
-    normalisation.
-
-    Args:
-      image: uint8 or float ``[H, W, 3]``.
-      mask: uint8 ``[H, W]``.
-      seed: int ``[2]`` stateless seed.
-      crop_size: (height, width) of the output.
-      scale_range: (min, max) of the uniform random scale; (1, 1) disables scaling.
-      hflip: flip horizontally with probability 1/2.
-      mean, std: per-channel normalisation in 0–255 units.
-      photometric: apply :func:`photometric_distortion` (seeded from ``seed``) to the crop.
-      colour_model: its colour model: "yiq" (a cheap colour matrix) or "hsv" (exactly
-        mmsegmentation, but the HSV round trip costs more than all the rest together).
-      cat_max_ratio: < 1 re-draws the crop (up to ``max_tries`` windows, the first being the
-        plain draw) until no class covers that fraction of its labelled pixels, as
-        mmsegmentation's ``RandomCrop(cat_max_ratio=…)``.
-      max_tries: windows tried for ``cat_max_ratio``.
+    """:func:`train_transform_fields` of an image (uint8 or float ``[H, W, 3]``) and its mask
+    (uint8 ``[H, W]``) with the same keyword arguments; a pure function of ``seed``.
 
     Returns:
       ``(image float32 [h, w, 3] normalised, mask uint8 [h, w])``.
     """
-    size = (int(crop_size[0]), int(crop_size[1]))
-    u = tf.random.stateless_uniform([4], seed=seed)
-    source_hw = (tf.shape(mask)[0], tf.shape(mask)[1])
-    image = _random_resize(tf.cast(image, tf.float32), source_hw, scale_range, u[0])
-    window = _CropWindow(size, source_hw, (tf.shape(image)[0], tf.shape(image)[1]))
-    uy, ux = u[1], u[2]
-    if cat_max_ratio < 1.0:
-        uy, ux = _class_balanced_offsets(window, mask, seed, u[1:3], cat_max_ratio, max_tries)
-    image, mask = window.cut_image(image, uy, ux), window.cut_mask(mask, uy, ux)
-    if photometric:
-        image = photometric_distortion(
-            image, tf.random.experimental.stateless_fold_in(seed, 2), colour_model=colour_model
-        )
-    image, mask = _normalize_and_pad(image, mask, size, mean, std)
-    if hflip:
-        image, mask = _flip(image, mask, u[3] < 0.5)
-    return tf.ensure_shape(image, [*size, 3]), tf.ensure_shape(mask, list(size))
+    out = train_transform_fields(
+        {"image": image, "mask": mask},
+        seed,
+        crop_size=crop_size,
+        scale_range=scale_range,
+        hflip=hflip,
+        mean=mean,
+        std=std,
+        photometric=photometric,
+        colour_model=colour_model,
+        cat_max_ratio=cat_max_ratio,
+        max_tries=max_tries,
+        elastic=elastic,
+    )
+    return out["image"], out["mask"]
