@@ -38,7 +38,9 @@ _FLAGS = types.SimpleNamespace(
 
 
 def evaluate(config, variables, mesh, options, split, *, model=None, source=None):
-    """Confusion matrix (int64 ``[C, C]``, summed over all processes) of ``split``.
+    """The :class:`segjax.trainer.EvalResult` of ``split``: the confusion matrix (int64
+    ``[C, C]``), image count and, for data with instance ids, the object-matching counts, all
+    summed over every process.
 
     Args:
       config: the run config (data, eval batch size, model).
@@ -49,9 +51,6 @@ def evaluate(config, variables, mesh, options, split, *, model=None, source=None
       model: the model (default: built from the config).
       source: the dataset (default: ``config.data``'s).
 
-    Returns:
-      ``(cm, num_images)``: the confusion matrix and the number of real images counted (all
-      processes).
     """
     model = model if model is not None else trainer.create_model(config)
     source = source if source is not None else data_lib.get_source(config.data)
@@ -64,8 +63,7 @@ def evaluate(config, variables, mesh, options, split, *, model=None, source=None
         process_count=jax.process_count(),
     )
     step = trainer.compile_eval_step(model, config, mesh, options)
-    result = trainer.evaluate(step, variables, stream, mesh)
-    return result.confusion_matrix, result.num_images
+    return trainer.evaluate(step, variables, stream, mesh)
 
 
 def confusion_png(cm, class_names, path: str, cell: int = 0) -> None:
@@ -136,7 +134,8 @@ def run(
     """Restores the model, evaluates ``split`` and writes the results.
 
     Returns:
-      The summary (:func:`segjax.metrics.summarize`) plus ``step``, ``split``,
+      The summary (:meth:`segjax.trainer.EvalResult.summary`: mIoU, Dice …, and the object
+      precision / recall / F1 and AJI for data with instance ids) plus ``step``, ``split``,
       ``num_images``, ``confusion_matrix`` and the inference settings; also written to
       ``OUTPUT/eval_<split>.json`` together with ``OUTPUT/eval_<split>_confusion.png``.
     """
@@ -148,7 +147,7 @@ def run(
     )
     source = data_lib.get_source(config.data)
     info = source.info
-    cm, count = evaluate(
+    evaluated = evaluate(
         config,
         restored.variables,
         restored.mesh,
@@ -157,10 +156,10 @@ def run(
         model=restored.model,
         source=source,
     )
-    expected = info.splits[split]
+    cm, count, expected = evaluated.confusion_matrix, evaluated.num_images, info.splits[split]
     if count != expected:
         raise RuntimeError(f"evaluated {count} images of split {split!r}, expected {expected}")
-    summary = metrics.summarize(cm)
+    summary = evaluated.summary()
     result = dict(
         summary,
         step=restored.step,
@@ -175,6 +174,8 @@ def run(
     out = output_dir or workdir
     if jax.process_index() == 0:
         print(metrics.format_table(summary, info.class_names), flush=True)
+        if evaluated.object_counts is not None:
+            print(metrics.format_object_table(summary), flush=True)
         if out:
             os.makedirs(out, exist_ok=True)
             json_path = os.path.join(out, f"eval_{split}.json")

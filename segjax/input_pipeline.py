@@ -22,6 +22,10 @@ from segjax import augment
 from segjax.data.base import Source
 from segjax.metrics import IGNORE_INDEX
 
+# Extra per-pixel fields (``Source.info.fields``) each pipeline carries through its transform.
+TRAIN_FIELDS = ("weights",)
+EVAL_FIELDS = ("instances",)
+
 
 def _check_labels(ex: dict, num_classes: int) -> dict:
     """Fails with the example id and the offending value when a label is out of range."""
@@ -76,7 +80,8 @@ def train_iterator(
       process_index, process_count: this process and how many read the split.
 
     Returns:
-      Iterator of ``{"image": float32 [b, h, w, 3], "mask": uint8 [b, h, w]}`` with
+      Iterator of ``{"image": float32 [b, h, w, 3], "mask": uint8 [b, h, w]}`` (plus
+      ``"weights"`` float32 ``[b, h, w]`` when the source has the U-Net weight map) with
       ``b = train.batch_size / process_count``.
     """
     d = config.data
@@ -85,7 +90,11 @@ def train_iterator(
         d.train_split, process_index=process_index, process_count=process_count
     )
     num_classes = source.info.num_classes
-    base = base.map(lambda ex: _check_labels(ex, num_classes))
+    # Per-pixel fields besides image and mask that training needs (the border weight map);
+    # the rest (instance ids) is dropped before the cache.
+    extras = tuple(k for k in source.info.fields if k in TRAIN_FIELDS)
+    keep = ("image", "mask", "id", *extras)
+    base = base.map(lambda ex: _check_labels({k: ex[k] for k in keep}, num_classes))
     if d.cache:
         base = base.cache()
     n_host = _cardinality(base, f"split {d.train_split!r} of {source.info.name!r}")
@@ -101,14 +110,14 @@ def train_iterator(
     ds = ds.skip(offset).enumerate(start=consumed)
 
     crop_size = tuple(d.crop_size)
+    elastic = augment.elastic_from_config(d.elastic)
 
     def transform(counter, ex):
         example_seed = tf.stack(
             [tf.constant(seed, tf.int64), counter * process_count + process_index]
         )
-        image, mask = augment.train_transform(
-            ex["image"],
-            ex["mask"],
+        return augment.train_transform_fields(
+            {"image": ex["image"], "mask": ex["mask"], **{k: ex[k] for k in extras}},
             example_seed,
             crop_size=crop_size,
             scale_range=tuple(d.scale_range),
@@ -117,8 +126,8 @@ def train_iterator(
             std=tuple(d.std),
             photometric=d.photometric,
             cat_max_ratio=d.cat_max_ratio,
+            elastic=elastic,
         )
-        return {"image": image, "mask": mask}
 
     options = tf.data.Options()
     options.deterministic = True
@@ -154,7 +163,9 @@ def eval_stream(
     process_index: int = 0,
     process_count: int = 1,
 ) -> EvalStream:
-    """This process's evaluation batches of ``split`` (see module docstring)."""
+    """This process's evaluation batches of ``split`` (see module docstring): ``{"image",
+    "mask", "valid"}`` plus ``"instances"`` (int32 instance ids, 0 on padding) when the source
+    has instance ids."""
     d = config.data
     host_batch = _host_batch(config.eval.batch_size, process_count)
     total = source.info.splits.get(split)
@@ -169,12 +180,18 @@ def eval_stream(
     num_classes = source.info.num_classes
     pad_size = tuple(d.eval_pad_size)
 
+    # Instance ids travel to the evaluation loop for object-level metrics.
+    extras = tuple(k for k in source.info.fields if k in EVAL_FIELDS)
+
     def transform(ex):
         ex = _check_labels(ex, num_classes)
-        image, mask = augment.eval_transform(
-            ex["image"], ex["mask"], pad_size=pad_size, mean=tuple(d.mean), std=tuple(d.std)
+        fields = {"image": ex["image"], "mask": ex["mask"], **{k: ex[k] for k in extras}}
+        out = augment.eval_transform_fields(
+            fields, pad_size=pad_size, mean=tuple(d.mean), std=tuple(d.std)
         )
-        return {"image": image, "mask": mask, "valid": tf.constant(True)}
+        if extras:  # object-level metrics name the image of a bad instance mask
+            out["id"] = ex["id"]
+        return dict(out, valid=tf.constant(True))
 
     ds = base.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if d.cache:
@@ -182,13 +199,16 @@ def eval_stream(
     n_local = _cardinality(ds, f"part {process_index} of split {split!r}")
     per_process_max = math.ceil(total / process_count)
     num_batches = math.ceil(per_process_max / host_batch)
-    filler = tf.data.Dataset.from_tensors(
-        {
-            "image": tf.zeros(pad_size + (3,), tf.float32),
-            "mask": tf.fill(pad_size, tf.constant(IGNORE_INDEX, tf.uint8)),
-            "valid": tf.constant(False),
-        }
-    ).repeat()
+    filler = {
+        "image": tf.zeros(pad_size + (3,), tf.float32),
+        "mask": tf.fill(pad_size, tf.constant(IGNORE_INDEX, tf.uint8)),
+        "valid": tf.constant(False),
+    }
+    for k in extras:
+        filler[k] = tf.zeros(pad_size, ds.element_spec[k].dtype)
+    if extras:
+        filler["id"] = tf.constant("")
+    filler = tf.data.Dataset.from_tensors(filler).repeat()
     ds = ds.concatenate(filler).take(num_batches * host_batch)
     ds = ds.batch(host_batch, drop_remainder=True).prefetch(2)
     return EvalStream(ds, num_batches, n_local)

@@ -35,6 +35,7 @@ from segjax import (
     sharding,
 )
 from segjax import data as data_lib
+from segjax.data.image_io import DataError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -95,27 +96,27 @@ def make_init_fn(model, tx, config):
     return init
 
 
-def _loss_fn(model, config, params, batch_stats, images, labels, rng):
+# Batch fields the training loss reads besides the image (the rest of a batch is ignored).
+LOSS_FIELDS = ("mask", "weights")
+
+
+def _loss_fn(model, loss_fn, aux_weight, params, batch_stats, batch, rng):
+    """``(loss, new batch_stats)`` of one (micro-)batch: ``loss_fn`` (:func:`losses.build_loss`)
+    on the main head plus ``aux_weight`` times it on the auxiliary head, if the model has one.
+    ``batch["weights"]`` (the U-Net border weight map), when present, weights the pixels."""
     variables = {"params": params}
     mutable = []
     if batch_stats:
         variables["batch_stats"] = batch_stats
         mutable = ["batch_stats"]
     outputs, new_vars = model.apply(
-        variables, images, train=True, mutable=mutable, rngs={"dropout": rng}
+        variables, batch["image"], train=True, mutable=mutable, rngs={"dropout": rng}
     )
-    class_weights = (
-        jnp.asarray(config.train.class_weights, jnp.float32) if config.train.class_weights else None
-    )
-    ce = functools.partial(
-        losses.cross_entropy,
-        class_weights=class_weights,
-        label_smoothing=config.train.label_smoothing,
-    )
-    loss, _ = ce(outputs["out"], labels)
-    if "aux" in outputs and config.train.aux_weight:
-        aux_loss, _ = ce(outputs["aux"], labels)
-        loss = loss + config.train.aux_weight * aux_loss
+    labels, pixel_weights = batch["mask"], batch.get("weights")
+    loss, _ = loss_fn(outputs["out"], labels, pixel_weights)
+    if "aux" in outputs and aux_weight:
+        aux_loss, _ = loss_fn(outputs["aux"], labels, pixel_weights)
+        loss = loss + aux_weight * aux_loss
     return loss, new_vars.get("batch_stats", batch_stats)
 
 
@@ -129,28 +130,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     """
     accum = int(config.train.grad_accum_steps)
     base_rng = jax.random.key(config.seed)
-    grad_fn = jax.value_and_grad(functools.partial(_loss_fn, model, config), has_aux=True)
+    # Built (and validated) here, so a bad loss config fails before anything compiles.
+    loss_fn = losses.build_loss(config.train)
+    grad_fn = jax.value_and_grad(
+        functools.partial(_loss_fn, model, loss_fn, config.train.aux_weight), has_aux=True
+    )
 
     def step_fn(state: TrainState, batch):
         rng = jax.random.fold_in(base_rng, state.step)
-        images, labels = batch["image"], batch["mask"]
+        batch = {k: v for k, v in batch.items() if k == "image" or k in LOSS_FIELDS}
         if accum == 1:
-            (loss, batch_stats), grads = grad_fn(
-                state.params, state.batch_stats, images, labels, rng
-            )
+            (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch, rng)
         else:
-            b = images.shape[0]
+            b = batch["image"].shape[0]
             if b % accum:
                 raise ValueError(f"batch {b} not divisible by grad_accum_steps={accum}")
             # Row r goes to micro-batch r % k, so every device's rows are spread over all of them.
             split = lambda x: einops.rearrange(x, "(b k) ... -> k b ...", k=accum)
-            micro = (split(images), split(labels))
+            micro = jax.tree.map(split, batch)
 
             def body(carry, xs):
                 grads_sum, loss_sum, stats, i = carry
-                (loss, stats), grads = grad_fn(
-                    state.params, stats, xs[0], xs[1], jax.random.fold_in(rng, i)
-                )
+                (loss, stats), grads = grad_fn(state.params, stats, xs, jax.random.fold_in(rng, i))
                 grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
                 return (grads_sum, loss_sum + loss, stats, i + 1), None
 
@@ -303,11 +304,23 @@ class EvalResult:
       confusion_matrix: int64 ``[C, C]`` summed over every process's images.
       num_images: real (not padding) images counted, over all processes.
       examples: up to ``keep_preds`` local ``(image, mask, prediction)`` triples.
+      object_counts: for data with instance ids, the object-matching counts
+        (:func:`segjax.metrics.object_match_counts`) summed over every image of every
+        process; ``None`` otherwise.
     """
 
     confusion_matrix: np.ndarray
     num_images: int
     examples: list
+    object_counts: np.ndarray | None = None
+
+    def summary(self) -> dict:
+        """:func:`segjax.metrics.summarize` of the confusion matrix, plus the object-level
+        metrics (:func:`segjax.metrics.summarize_objects`) when there are instance ids."""
+        summary = metrics.summarize(self.confusion_matrix)
+        if self.object_counts is not None:
+            summary.update(metrics.summarize_objects(self.object_counts))
+        return summary
 
 
 def _local_rows(array: jax.Array) -> np.ndarray:
@@ -316,27 +329,63 @@ def _local_rows(array: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(s.data) for s in shards])
 
 
+def _object_counts(batch: dict, preds: np.ndarray) -> np.ndarray:
+    """Object-matching counts of this process's real images of ``batch`` (host side)."""
+    counts = []
+    for i in np.flatnonzero(batch["valid"]):
+        try:
+            counts.append(
+                metrics.object_match_counts(preds[i], batch["instances"][i], batch["mask"][i])
+            )
+        except ValueError as e:  # name the image: the metric cannot know it
+            raise DataError(f"evaluation image {batch['id'][i]!r}: {e}") from None
+    return np.sum(counts, axis=0) if counts else None
+
+
+def _sum_over_processes(counts: np.ndarray) -> np.ndarray:
+    """Non-negative int64 ``counts`` summed over every process (each holds its own images')."""
+    counts = np.asarray(counts, np.int64)
+    if jax.process_count() == 1:
+        return counts
+    from jax.experimental import multihost_utils
+
+    # JAX gathers in int32 without x64, and pixel counts pass 2**31 on large splits: gather
+    # 31-bit halves and recombine on the host.
+    halves = np.stack([counts >> 31, counts & (2**31 - 1)]).astype(np.int32)
+    gathered = np.asarray(multihost_utils.process_allgather(halves), np.int64).sum(axis=0)
+    return (gathered[0] << 31) + gathered[1]
+
+
 def evaluate(eval_step, variables, stream, mesh, keep_preds: int = 0) -> EvalResult:
     """Runs ``eval_step`` (:func:`compile_eval_step`) over every batch of ``stream``.
 
     The one evaluation loop, used by training and by ``segjax.evaluate``. Every process feeds
     its part of the split (:func:`segjax.input_pipeline.eval_stream`, padded and masked), so each
-    image is counted exactly once on any number of hosts.
+    image is counted exactly once on any number of hosts. Batches with ``"instances"`` (instance
+    ids) are also scored object by object on the host.
     """
-    cm, count, kept = None, 0, []
+    cm, count, kept, objects = None, 0, [], None
     for batch in stream:
-        step_cm, preds, n = eval_step(variables, sharding.host_to_global(dict(batch), mesh))
+        device_batch = {k: batch[k] for k in ("image", "mask", "valid")}
+        step_cm, preds, n = eval_step(variables, sharding.host_to_global(device_batch, mesh))
         step_cm = np.asarray(jax.device_get(step_cm), np.int64)
         cm = step_cm if cm is None else cm + step_cm
         count += int(jax.device_get(n))
+        local = _local_rows(preds) if len(kept) < keep_preds or "instances" in batch else None
+        if "instances" in batch:
+            step_objects = _object_counts(batch, local)
+            if step_objects is not None:
+                objects = step_objects if objects is None else objects + step_objects
         if len(kept) < keep_preds:
-            local = _local_rows(preds)
-            for i in range(min(keep_preds - len(kept), len(local))):
-                if batch["valid"][i]:
-                    kept.append((batch["image"][i], batch["mask"][i], local[i]))
+            for i in np.flatnonzero(batch["valid"])[: keep_preds - len(kept)]:
+                kept.append((batch["image"][i], batch["mask"][i], local[i]))
     if cm is None:
         raise ValueError("evaluate: the evaluation stream is empty")
-    return EvalResult(cm, count, kept)
+    if "instances" in batch:
+        # Every process reaches this (same number of batches), even one without real images.
+        zeros = np.zeros(len(metrics.OBJECT_COUNT_FIELDS), np.int64)
+        objects = _sum_over_processes(zeros if objects is None else objects)
+    return EvalResult(cm, count, kept, objects)
 
 
 class Trainer:
@@ -503,14 +552,19 @@ class _TrainingRun:
         result = self.trainer.evaluate(
             state, self.eval_stream, keep_preds=self.config.train.num_vis_images
         )
-        summary = metrics.summarize(result.confusion_matrix)
+        summary = result.summary()
         self.logger.write(step, summary, split=self.split)
         self.logger.images(
             step, result.examples, self.info, self.config.data.mean, self.config.data.std
         )
+        objects = (
+            f" object F1@0.5 {100 * summary['object_f1']:.2f} AJI {100 * summary['aji']:.2f}"
+            if result.object_counts is not None
+            else ""
+        )
         logs.info(
             f"eval {self.split} at step {step}: mIoU {100 * summary['miou']:.2f} "
-            f"pixel acc {100 * summary['pixel_accuracy']:.2f} ({time.time() - t0:.1f}s)"
+            f"pixel acc {100 * summary['pixel_accuracy']:.2f}{objects} ({time.time() - t0:.1f}s)"
         )
         return summary
 
@@ -543,6 +597,8 @@ class _TrainingRun:
         summary = self.evaluate(state, step)
         if self.is_main:
             print(metrics.format_table(summary, self.info.class_names), flush=True)
+            if "object_f1" in summary:
+                print(metrics.format_object_table(summary), flush=True)
         return dict(summary, step=step)
 
     def train(self, state: TrainState, start: int, num_steps: int):

@@ -95,3 +95,12 @@ def conv_rates(module: nn.Module, x) -> set[int]:
     variables = abstract_variables(module, x)
     apply = functools.partial(module.apply, train=False)
     return {rate for rate, *_ in conv_dilations(apply, variables, x)}
+
+
+def assert_bitwise_equal(actual, expected) -> None:
+    """Same tree structure, and every leaf the same dtype and bits (checkpoint comparisons)."""
+    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
+    flat_a = jax.tree_util.tree_flatten_with_path(actual)[0]
+    for (path, a), b in zip(flat_a, jax.tree.leaves(expected), strict=True):
+        name = jax.tree_util.keystr(path)
+        assert a.dtype == b.dtype and np.array_equal(a, b), f"{name} differs"

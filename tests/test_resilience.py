@@ -24,6 +24,7 @@ import pytest
 
 from segjax import checkpoint, optim, trainer
 from segjax.config import base_config
+from tests.helpers import assert_bitwise_equal
 
 ROOT = pathlib.Path(__file__).parent.parent
 LAUNCH = ROOT / "launch"
@@ -44,18 +45,31 @@ def _env(jax_cache):
     return env
 
 
-def _train_cmd(workdir, data_dir, **overrides):
+def _train_cmd(workdir, blobs_root, **overrides):
+    """``segjax.train`` of the tiny quickstart U-Net on instance-mask cells with everything the
+    U-Net recipe adds to a step on: border weight map, elastic deformation, CE + Dice."""
     flags = {
         "model.kwargs.width": 2,
         "model.kwargs.depth": 1,
+        "model.num_classes": 2,
+        "data.name": "folder",
+        "data.root": blobs_root,
+        "data.data_dir": os.path.join(blobs_root, "tfds_resilience"),
+        "data.train_split": "train",
+        "data.eval_split": "val",
+        "data.mask_type": "instance",
+        "data.weight_map.enabled": True,
+        "data.weight_map.sigma": 2.0,
+        "data.elastic.enabled": True,
+        "data.elastic.sigma": 3.0,
         "data.crop_size": "(8,8)",
-        "data.data_dir": data_dir,
-        "data.config_name": "tiny",
+        "data.eval_pad_size": "(32,32)",
+        "train.loss.dice": 1.0,
         "train.num_steps": NUM_STEPS,
         "train.checkpoint_every": CHECKPOINT_EVERY,
         "train.keep_checkpoints": 10,
         "train.log_every": 1,
-        "eval.batch_size": 8,
+        "eval.batch_size": 4,
     }
     flags.update(overrides)
     return [
@@ -125,14 +139,6 @@ def _logged_steps(workdir):
     return [row["step"] for row in map(json.loads, lines) if "loss" in row]
 
 
-def _assert_bitwise_equal(actual, expected):
-    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
-    flat_a = jax.tree_util.tree_flatten_with_path(actual)[0]
-    for (path, a), b in zip(flat_a, jax.tree.leaves(expected), strict=True):
-        name = jax.tree_util.keystr(path)
-        assert a.dtype == b.dtype and np.array_equal(a, b), f"{name} differs"
-
-
 def _sigterm_after_steps(run, workdir, n):
     """SIGTERM once ``n`` more training steps are logged; returns (resumed, stopped) steps."""
     before = len(_logged_steps(workdir))
@@ -147,18 +153,18 @@ def _sigterm_after_steps(run, workdir, n):
 
 
 @pytest.mark.slow
-def test_killed_then_preempted_run_ends_bitwise_equal(shapes_data_dir, tmp_path):
+def test_killed_then_preempted_run_ends_bitwise_equal(blobs_root, tmp_path):
     env = _env(tmp_path / "jax_cache")
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "run"
     ckpts = run_dir / "checkpoints"
 
     # Uninterrupted reference run (it also fills the compilation cache for the runs below).
-    with _Run(_train_cmd(ref_dir, shapes_data_dir), env, tmp_path / "ref.log") as ref:
+    with _Run(_train_cmd(ref_dir, blobs_root), env, tmp_path / "ref.log") as ref:
         code, out = ref.finish()
     assert code == 0, out[-3000:]
 
     # 1. SIGKILL as soon as the first checkpoint is complete: between checkpoints.
-    with _Run(_train_cmd(run_dir, shapes_data_dir), env, tmp_path / "killed.log") as run:
+    with _Run(_train_cmd(run_dir, blobs_root), env, tmp_path / "killed.log") as run:
         run.wait_for(lambda: (ckpts / str(CHECKPOINT_EVERY)).is_dir(), "first checkpoint")
         run.proc.send_signal(signal.SIGKILL)
         assert run.proc.wait() == -signal.SIGKILL
@@ -175,7 +181,7 @@ def test_killed_then_preempted_run_ends_bitwise_equal(shapes_data_dir, tmp_path)
     # 2. Restart: it resumes from the last complete checkpoint, not the stale directory. SIGTERM
     # a few steps later, with a checkpoint due at every step: the preemption save must not
     # collide with the periodic one.
-    cmd = _train_cmd(run_dir, shapes_data_dir, **{"train.checkpoint_every": 1})
+    cmd = _train_cmd(run_dir, blobs_root, **{"train.checkpoint_every": 1})
     with _Run(cmd, env, tmp_path / "sigterm1.log") as run:
         resumed, stopped = _sigterm_after_steps(run, run_dir, 3)
     assert resumed == max(kept)
@@ -185,13 +191,13 @@ def test_killed_then_preempted_run_ends_bitwise_equal(shapes_data_dir, tmp_path)
 
     # 3. Restart (periodic checkpoints every 10 steps again) and SIGTERM: a checkpoint at the
     # current step, past the last periodic one.
-    with _Run(_train_cmd(run_dir, shapes_data_dir), env, tmp_path / "sigterm2.log") as run:
+    with _Run(_train_cmd(run_dir, blobs_root), env, tmp_path / "sigterm2.log") as run:
         resumed2, stopped2 = _sigterm_after_steps(run, run_dir, 3)
     assert resumed2 == stopped
     assert max(_finalized_steps(ckpts)) == stopped2
 
     # 4. Restart with the same command; it finishes from the SIGTERM checkpoint.
-    with _Run(_train_cmd(run_dir, shapes_data_dir), env, tmp_path / "final.log") as run:
+    with _Run(_train_cmd(run_dir, blobs_root), env, tmp_path / "final.log") as run:
         code, out = run.finish()
     assert code == 0, out[-3000:]
     assert int(re.search(r"resumed from \S+ at step (\d+)", out).group(1)) == stopped2
@@ -201,12 +207,13 @@ def test_killed_then_preempted_run_ends_bitwise_equal(shapes_data_dir, tmp_path)
     final = checkpoint.read_weights(str(ckpts / f"{NUM_STEPS}/default"))
     expected = checkpoint.read_weights(str(ref_dir / f"checkpoints/{NUM_STEPS}/default"))
     assert int(final["step"]) == NUM_STEPS
-    _assert_bitwise_equal(final, expected)
+    assert_bitwise_equal(final, expected)
     evals = [
         [json.loads(line) for line in open(d / "metrics.jsonl") if '"split"' in line][-1]
         for d in (run_dir, ref_dir)
     ]
-    assert evals[0]["miou"] == evals[1]["miou"]
+    for key in ("miou", "object_tp", "object_fp", "object_fn"):
+        assert evals[0][key] == evals[1][key], key
 
 
 def test_infinite_learning_rate_stops_without_writing_nan_params(tiny_config, tmp_path, capsys):
@@ -229,7 +236,7 @@ def test_infinite_learning_rate_stops_without_writing_nan_params(tiny_config, tm
     for state in saved:
         chex.assert_tree_all_finite(state["params"])
         # Every update was skipped: the parameters are still the initial ones.
-        _assert_bitwise_equal(state["params"], saved[0]["params"])
+        assert_bitwise_equal(state["params"], saved[0]["params"])
     assert [int(state["nonfinite"]) for state in saved] == steps
 
 
