@@ -69,3 +69,48 @@ def test_bad_loss_config_stops_before_training(cells_config, tmp_path, key, valu
     assert not (tmp_path / "run" / "checkpoints").exists() or not any(
         (tmp_path / "run" / "checkpoints").iterdir()
     )
+
+
+def _interior(shape, margin):
+    inside = np.zeros(shape, bool)
+    inside[margin:-margin, margin:-margin] = True
+    return inside
+
+
+@pytest.mark.parametrize("elastic_sigma", [0.0, 1.5])
+def test_augmented_weight_map_is_the_map_of_the_augmented_instances(elastic_sigma):
+    """The stored map, carried through crop / flip / elastic, equals the map recomputed from
+    the transformed instance mask, away from the crop border (where instances are cut off)."""
+    import tensorflow as tf
+
+    from segjax import augment
+    from segjax.data import blobs
+
+    rng = np.random.default_rng(3)
+    image, instances, _ = blobs.touching_blobs(rng, 96, radius_range=(6, 9))
+    class_mask = (instances > 0).astype(np.uint8)
+    options = {"w0": 10.0, "sigma": 3.0, "class_weights": (1.0, 1.0)}  # w_c fixed: crop-proof
+    stored = losses.unet_weight_map(instances, class_mask, **options)
+    elastic = augment.ElasticParams(grid=3, sigma=elastic_sigma)
+    for seed in range(4):
+        out = augment.train_transform_fields(
+            {
+                "image": np.repeat(image[..., None], 3, axis=-1),
+                "mask": class_mask,
+                "weights": stored,
+                "instances": instances.astype(np.int32),
+            },
+            tf.constant([seed, 7], tf.int64),
+            crop_size=(64, 64),
+            scale_range=(1.0, 1.0),
+            elastic=elastic,
+        )
+        mask, weights, ids = (out[k].numpy() for k in ("mask", "weights", "instances"))
+        recomputed = losses.unet_weight_map(ids, mask, **options)
+        inside = _interior(mask.shape, margin=12)
+        diff = np.abs(weights - recomputed)[inside]
+        if elastic_sigma == 0:  # a rigid transform keeps distances: exact up to float32
+            np.testing.assert_allclose(weights[inside], recomputed[inside], atol=1e-4)
+        else:  # the deformation stretches distances a little: small against w0 = 10
+            assert diff.mean() < 0.2 and np.quantile(diff, 0.95) < 1.0, (diff.mean(), diff.max())
+        assert np.corrcoef(weights[inside], recomputed[inside])[0, 1] > 0.95
