@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from segjax.models import deeplab, fcn, lraspp, pspnet, unet
+from segjax.models import deeplab, fcn, lraspp, maskrcnn, pspnet, unet
 
 _TABLE: dict[str, Callable[..., nn.Module]] = {
     **unet.MODELS,
@@ -21,6 +21,7 @@ _TABLE: dict[str, Callable[..., nn.Module]] = {
     **deeplab.MODELS,
     **lraspp.MODELS,
     **pspnet.MODELS,
+    **maskrcnn.MODELS,
 }
 
 

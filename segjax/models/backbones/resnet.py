@@ -33,7 +33,7 @@ counterpart.)
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -139,6 +139,7 @@ class _Block(nn.Module):
       dilation: dilation (and padding) of that 3×3 conv.
       downsample: whether the shortcut is a conv1×1 + BN projection.
       dtype: compute dtype.
+      norm: the normalisation factory ``norm(train, dtype, name=…)`` (see :class:`ResNet`).
     """
 
     planes: int
@@ -146,6 +147,7 @@ class _Block(nn.Module):
     dilation: int = 1
     downsample: bool = False
     dtype: Dtype = jnp.float32
+    norm: Callable[..., nn.Module] = batch_norm
 
     expansion = 1
 
@@ -155,7 +157,7 @@ class _Block(nn.Module):
             return x
         features = self.planes * self.expansion
         x = _conv(features, 1, self.strides, dtype=self.dtype, name="downsample_conv")(x)
-        return batch_norm(train, self.dtype, name="downsample_bn")(x)
+        return self.norm(train, self.dtype, name="downsample_bn")(x)
 
 
 class Bottleneck(_Block):
@@ -166,13 +168,13 @@ class Bottleneck(_Block):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         out = _conv(self.planes, 1, dtype=self.dtype, name="conv1")(x)
-        out = nn.relu(batch_norm(train, self.dtype, name="bn1")(out))
+        out = nn.relu(self.norm(train, self.dtype, name="bn1")(out))
         out = _conv(self.planes, 3, self.strides, self.dilation, dtype=self.dtype, name="conv2")(
             out
         )
-        out = nn.relu(batch_norm(train, self.dtype, name="bn2")(out))
+        out = nn.relu(self.norm(train, self.dtype, name="bn2")(out))
         out = _conv(self.planes * 4, 1, dtype=self.dtype, name="conv3")(out)
-        out = batch_norm(train, self.dtype, name="bn3")(out)
+        out = self.norm(train, self.dtype, name="bn3")(out)
         return nn.relu(out + self.shortcut(x, train))
 
 
@@ -190,9 +192,9 @@ class BasicBlock(_Block):
                 "torchvision); use depth 50/101/152 for a dilated backbone"
             )
         out = _conv(self.planes, 3, self.strides, dtype=self.dtype, name="conv1")(x)
-        out = nn.relu(batch_norm(train, self.dtype, name="bn1")(out))
+        out = nn.relu(self.norm(train, self.dtype, name="bn1")(out))
         out = _conv(self.planes, 3, dtype=self.dtype, name="conv2")(out)
-        out = batch_norm(train, self.dtype, name="bn2")(out)
+        out = self.norm(train, self.dtype, name="bn2")(out)
         return nn.relu(out + self.shortcut(x, train))
 
 
@@ -209,6 +211,9 @@ class ResNet(nn.Module):
         has ``width * 2**i`` planes. Small values give tiny test variants.
       stage_blocks: blocks per stage; ``None`` takes the depth's standard counts.
       dtype: compute dtype (parameters and BN statistics stay float32).
+      norm: factory of every normalisation layer, called as ``norm(train, dtype, name=…)``;
+        the default is torchvision's ``BatchNorm2d`` (:func:`segjax.models.layers.batch_norm`),
+        Mask R-CNN passes its frozen BatchNorm. The layer names stay ``bn1`` … either way.
     """
 
     depth: int = 50
@@ -217,6 +222,7 @@ class ResNet(nn.Module):
     width: int = 64
     stage_blocks: Sequence[int] | None = None
     dtype: Dtype = jnp.float32
+    norm: Callable[..., nn.Module] = batch_norm
 
     def stage_channels(self) -> dict[str, int]:
         """Channels of each returned feature map (for heads that need them before ``init``)."""
@@ -247,7 +253,7 @@ class ResNet(nn.Module):
         features = {}
         x = x.astype(self.dtype)
         x = _conv(self.width, 7, 2, dtype=self.dtype, name="conv1")(x)
-        x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
+        x = nn.relu(self.norm(train, self.dtype, name="bn1")(x))
         features["stem"] = x
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
@@ -263,6 +269,7 @@ class ResNet(nn.Module):
                     dilation=block_dilation,
                     downsample=downsample,
                     dtype=self.dtype,
+                    norm=self.norm,
                     name=f"layer{stage + 1}_{j}",
                 )(x, train=train)
                 in_channels = planes * expansion
