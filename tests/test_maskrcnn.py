@@ -163,8 +163,8 @@ def ref_bilinear(image, out_h, out_w):
 
 
 def ref_resized_size(h, w, min_size, max_size):
-    """torchvision's resize decision: float32 scale, ``int(side · scale)`` in float64."""
-    scale = min(f32(min_size / min(h, w)), f32(max_size / max(h, w)))
+    """torchvision's resize decision: a Python-float scale, ``int(side · scale)``."""
+    scale = min(min_size / min(h, w), max_size / max(h, w))
     return int(h * scale), int(w * scale)
 
 
@@ -317,7 +317,7 @@ def test_anchors_at_indices_equal_the_grid():
 
 
 def test_resized_size_is_torchvisions():
-    assert transform.resized_size(480, 640, 800, 1333) == (799, 1066)  # float32 scale < 5/3
+    assert transform.resized_size(480, 640, 800, 1333) == (800, 1066)  # as torchvision 0.29
     for h, w in [(480, 640), (500, 2000), (333, 500), (1000, 1000), (17, 5000), (4000, 3000)]:
         assert transform.resized_size(h, w, 800, 1333) == ref_resized_size(h, w, 800, 1333)
 

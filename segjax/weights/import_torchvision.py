@@ -4,6 +4,10 @@
         --checkpoint resnet101-cd907fc2.pth --output /ckpt/resnet101
     python -m segjax.weights.import_torchvision --arch deeplabv3_resnet50 \
         --checkpoint deeplabv3_resnet50_coco-cd0a2569.safetensors --output /ckpt/dlv3_r50
+    python -m segjax.weights.import_torchvision --arch maskrcnn_resnet50_fpn \
+        --checkpoint maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --output /ckpt/maskrcnn_r50
+    python -m segjax.weights.import_torchvision --arch maskrcnn_resnet50_fpn --backbone_only \
+        --checkpoint resnet50-0676ba61.pth --output /ckpt/maskrcnn_r50_imagenet
 
 ``--checkpoint`` is a ``.pth``/``.pt`` file (needs torch: ``pip install 'segjax[torch]'``), a
 ``.safetensors`` file or a ``.npz`` (no torch needed). The output directory is a plain variables
@@ -126,6 +130,12 @@ def _parse(argv):
         "other classes with init_from)",
     )
     parser.add_argument(
+        "--backbone_only",
+        action="store_true",
+        help="the checkpoint is the ImageNet backbone of --arch (maskrcnn_resnet50_fpn: a "
+        "torchvision resnet50); write only the model's backbone, for init_from",
+    )
+    parser.add_argument(
         "--model_kwargs",
         default="",
         help="JSON of constructor options of the target module (e.g. a smaller test variant)",
@@ -150,28 +160,36 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
         spec = tv.arch_spec(args.arch)
+        keys_spec = tv.conversion_spec(args.arch, args.backbone_only)
         state = tv.strip_wrappers(read_state_dict(args.checkpoint))
         num_classes = args.num_classes
-        if spec.segmentation and num_classes is None:
+        if spec.segmentation and num_classes is None and not args.backbone_only:
             num_classes = tv.head_classes(state, args.arch)
         aux = tv.has_aux(state, args.arch)
-        module = build_target(args.arch, num_classes, aux, model_kwargs)
+        module = build_target(
+            args.arch, 91 if args.backbone_only else num_classes, aux, model_kwargs
+        )
         variables = tv.convert(
             state,
             args.arch,
             num_classes=args.num_classes,
             drop_head=args.drop_head,
             module=module,
+            backbone_only=args.backbone_only,
         )
     except (tv.ConversionError, ValueError, FileNotFoundError, TypeError) as e:
         fail(str(e))
-    ignored = sorted(k for k in state if tv.is_ignored(spec, k) and "num_batches_tracked" not in k)
+    ignored = sorted(
+        k for k in state if tv.is_ignored(keys_spec, k) and "num_batches_tracked" not in k
+    )
     params = sum(v.size for v in _leaves(variables["params"]))
     stats = sum(v.size for v in _leaves(variables.get("batch_stats", {})))
     checkpoint.save_variables(args.output, variables)
     what = "backbone" if not spec.segmentation else f"{num_classes}-class model"
     if args.drop_head:
         what = "model without its final classifiers"
+    if args.backbone_only:
+        what = f"{keys_spec.name} backbone of {args.arch}"
     print(
         f"{args.arch}: wrote {params:,} parameters and {stats:,} BatchNorm statistics ({what}) "
         f"to {os.path.abspath(args.output)}"
@@ -182,32 +200,55 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  head left out: {', '.join(spec.head_keys)}")
     if ignored:
         print(f"  ignored (ImageNet classifier): {', '.join(ignored)}")
+    for line in _usage_lines(args, spec, num_classes):
+        print(line)
+    if args.target:
+        _print_target_report(args, variables)
+    return variables
+
+
+def _usage_lines(args, spec: tv.Arch, num_classes: int | None) -> list[str]:
+    """How to use the written checkpoint (and the constructor options it needs)."""
+    out = args.output
+    if args.backbone_only:
+        return [
+            f"  use: --config.init_from={out} with model.name={args.arch} (its "
+            f"{'/'.join(spec.backbone_path)} is loaded; the rest starts from its initialisation)"
+        ]
+    lines = [
+        f"  build the model with model.kwargs.{name}={value!r}: {why}"
+        for name, value, why in spec.model_kwargs
+    ]
     if spec.segmentation and not args.drop_head:
-        print(
-            f"  use: --config.init_from={args.output} (train), or --checkpoint {args.output} "
+        lines.append(
+            f"  use: --config.init_from={out} (train), or --checkpoint {out} "
             f"(evaluate / predict) with model.name={args.arch}, model.num_classes={num_classes}"
         )
     elif spec.segmentation:
-        print(f"  use: --config.init_from={args.output} (train; the new head starts afresh)")
+        lines.append(f"  use: --config.init_from={out} (train; the new head starts afresh)")
     else:
-        print(
-            f"  use: --config.init_from={args.output} with a model built on {args.arch} "
+        lines.append(
+            f"  use: --config.init_from={out} with a model built on {args.arch} "
             f"({', '.join(spec.users)} …)"
         )
-    if args.target:
-        try:
-            report = target_report(variables, args.target, args.target_num_classes, {})
-        except (KeyError, ValueError) as e:
-            fail(str(e))
-        print(
-            f"  into {args.target}: loaded {len(report['loaded'])}, kept initial "
-            f"{len(report['kept_initial'])}, unused {len(report['unused'])}, shape mismatch "
-            f"{len(report['shape_mismatch'])}"
-        )
-        for key in ("unused", "shape_mismatch"):
-            for name in report[key][:20]:
-                print(f"    {key}: {name}")
-    return variables
+    return lines
+
+
+def _print_target_report(args, variables: dict) -> None:
+    from segjax.logs import fail
+
+    try:
+        report = target_report(variables, args.target, args.target_num_classes, {})
+    except (KeyError, ValueError) as e:
+        fail(str(e))
+    print(
+        f"  into {args.target}: loaded {len(report['loaded'])}, kept initial "
+        f"{len(report['kept_initial'])}, unused {len(report['unused'])}, shape mismatch "
+        f"{len(report['shape_mismatch'])}"
+    )
+    for key in ("unused", "shape_mismatch"):
+        for name in report[key][:20]:
+            print(f"    {key}: {name}")
 
 
 def _leaves(tree):

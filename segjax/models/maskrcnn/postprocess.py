@@ -6,7 +6,8 @@ image; the background column dropped, so each (proposal, class) pair is a candid
 with score ≤ ``score_thresh`` or a side < ``min_size`` dropped; NMS at ``nms_thresh`` within each
 class; the best ``detections_per_img`` kept in descending score. Here "dropped" is a validity
 mask, and the class-aware NMS runs over all ``P·(C − 1)`` candidates at once
-(:func:`segjax.ops.nms.batched_nms`: O(N) memory, one step per kept box), so nothing is
+(:func:`segjax.ops.nms.batched_nms`: tiled greedy NMS, O((max_output + tile)·tile) memory, one
+loop step per tile of 256 boxes), so nothing is
 approximated: the result is torchvision's, padded to ``detections_per_img`` with ``valid``.
 
 ``maskrcnn_inference``: the sigmoid of each detection's own-class mask logit.

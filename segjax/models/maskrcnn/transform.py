@@ -2,7 +2,8 @@
 
 Per image (NumPy, before the jit): floats in [0, 1] (uint8 is divided by 255) normalised with
 ImageNet's mean/std, then resized so the shorter side is ``min_size`` unless the longer would
-exceed ``max_size`` — torchvision's float32 scale ``min(min_size / short, max_size / long)``,
+exceed ``max_size`` — torchvision's scale ``min(min_size / short, max_size / long)`` (a Python
+float in its eager transform),
 output size ``floor(side · scale)`` (``recompute_scale_factor=True``), bilinear with half-pixel
 centres and no antialiasing (``F.interpolate(mode="bilinear", align_corners=False)``).
 
@@ -15,7 +16,7 @@ to the smallest of a few fixed *buckets* that holds all its images. The default 
 one of them; a batch mixing landscape and portrait images falls back to (m, m). So a folder of
 any sizes compiles the model at most six times per batch size (five when batches are grouped
 by bucket, as :func:`segjax.models.maskrcnn.predict_images` does). For images whose padded size
-equals torchvision's (4:3 photos such as COCO's 640×480 → 799×1066 in an 800×1088 bucket) the
+equals torchvision's (4:3 photos such as COCO's 640×480 → 800×1066 in an 800×1088 bucket) the
 results are torchvision's exactly; a larger bucket changes the features near the image border a
 little (the convs see more zero padding) and the stride of P6 (padded size // feature size).
 
@@ -46,15 +47,13 @@ def _round_up(value: float, multiple: int) -> int:
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """torchvision's resized ``(height, width)``: float32 scale, ``floor(side · scale)``.
+    """torchvision's resized ``(height, width)``: ``floor(side · scale)``.
 
-    The scale is computed in float32 like torchvision's tensors and the product in float64 like
-    PyTorch's size arithmetic, so a 480-pixel side scaled to 800 becomes 799 exactly as there.
+    The scale is a Python (float64) number, as torchvision 0.29's eager transform computes it
+    (measured: 480×640 at 800 → 800×1066; 61×83 at 64 → 64×87).
     """
-    short = np.float32(min(height, width))
-    long = np.float32(max(height, width))
-    scale = min(np.float32(min_size) / short, np.float32(max_size) / long)
-    return int(math.floor(height * float(scale))), int(math.floor(width * float(scale)))
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return int(math.floor(height * scale)), int(math.floor(width * scale))
 
 
 def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
