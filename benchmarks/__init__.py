@@ -10,6 +10,9 @@
                                   # where that train step spends its time, HLO op by op
     python -m benchmarks.conv_impl [--torch-python PY] [--cases d12,dw]
                                   # one conv forward+backward: XLA vs segjax.ops' GEMMs vs torch
+    python -m benchmarks.maskrcnn_inference [--torch-python PY] [--height 480 --width 640]
+                                  # Mask R-CNN R50-FPN inference of one image: segjax's jitted
+                                  # forward + pasting vs torchvision eval(); latency, memory
     python -m benchmarks.dilated_conv      # atrous conv vs the same conv with a zero-dilated kernel
     python -m benchmarks.transposed_conv   # learned upsampling: transposed conv vs resize + conv
     python -m benchmarks.sliding_window    # peak memory / time of sliding-window prediction

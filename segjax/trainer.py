@@ -36,6 +36,7 @@ from segjax import (
 )
 from segjax import data as data_lib
 from segjax.data.image_io import DataError
+from segjax.models.maskrcnn import MaskRCNN
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -498,7 +499,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Raises:
       NonFiniteError: more non-finite updates than ``train.max_nonfinite_skips``.
       checkpoint.CheckpointMismatchError: the workdir's checkpoint does not fit the model.
+      ValueError: an instance model (Mask R-CNN), which this loop does not train yet.
     """
+    if issubclass(type(create_model(config)), MaskRCNN):
+        raise ValueError(
+            f"config.model.name={config.model.name!r} is an instance model; segjax.train does "
+            "not train instance models yet (inference: python -m segjax.predict)"
+        )
     os.makedirs(workdir, exist_ok=True)
     source = data_lib.get_source(config.data)
     check_num_classes(config, source.info)

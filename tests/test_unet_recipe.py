@@ -114,3 +114,9 @@ def test_augmented_weight_map_is_the_map_of_the_augmented_instances(elastic_sigm
         else:  # the deformation stretches distances a little: small against w0 = 10
             assert diff.mean() < 0.2 and np.quantile(diff, 0.95) < 1.0, (diff.mean(), diff.max())
         assert np.corrcoef(weights[inside], recomputed[inside])[0, 1] > 0.95
+
+
+def test_training_an_instance_model_is_refused_with_one_line(tiny_config, tmp_path):
+    tiny_config.model.name = "maskrcnn_tiny"
+    with pytest.raises(ValueError, match=r"^config\.model\.name='maskrcnn_tiny' is an instance"):
+        trainer.run(tiny_config, str(tmp_path / "run"))
