@@ -4,7 +4,7 @@
         [--torch-python /work/venv-torch/bin/python | --no-torch] [--conv-impl gemm|xla] [--json]
 
 What is timed, per framework, on one random ``--height``×``--width`` uint8 RGB image (default
-480×640, COCO's most common size, which both resize to 799×1066 and pad to 800×1088, so both
+480×640, COCO's most common size, which both resize to 800×1066 and pad to 800×1088, so both
 do the same work), the way a user calls each:
 
 * segjax: ``segjax.models.maskrcnn.predict_images`` (host-side resize and padding to the
