@@ -34,21 +34,34 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _proc_status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` in bytes, or None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far.
 
     ``VmHWM`` of ``/proc/self/status`` where it exists: unlike ``getrusage``'s ``ru_maxrss``,
     which Linux carries over from the parent process across fork + exec, it is this program's own.
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss) * (1 if sys.platform == "darwin" else 1024)
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set size now (``VmRSS``), or 0 where unknown."""
+    return _proc_status_bytes("VmRSS") or 0
 
 
 def times_ms(fn: Callable[[], object], steps: int) -> list[float]:

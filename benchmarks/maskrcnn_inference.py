@@ -70,18 +70,6 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def current_rss_bytes() -> int:
-    """This process's resident set size now (``VmRSS``), or 0 where unknown."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _timed(fn, repeats: int) -> dict:
     """One warm-up call, then ``repeats`` timed ones: their times, the peak RSS so far
     (``peak_rss_before_bytes``, read before it is reset) and over the timed calls alone."""
@@ -115,13 +103,13 @@ def run_torch(height: int, width: int, *, repeats: int = 5, threads: int | None 
     Raises:
       ImportError: torch or torchvision is not installed.
     """
-    rss_start = current_rss_bytes()
+    rss_start = common.current_rss_bytes()
     import torch
     import torchvision
 
     torch.set_num_threads(threads or common.cpu_cores())
     torch.manual_seed(0)
-    rss_imports = current_rss_bytes()
+    rss_imports = common.current_rss_bytes()
     net = torchvision.models.detection.maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=NUM_CLASSES
     ).eval()
@@ -225,14 +213,14 @@ def run_segjax(
     cpu_scheduler: str = "memory",
 ) -> dict:
     """The segjax figures (module docstring)."""
-    rss_start = current_rss_bytes()
+    rss_start = common.current_rss_bytes()
     import jax
 
     from benchmarks import train_step
     from segjax import ops
     from segjax.models import maskrcnn
 
-    rss_imports = current_rss_bytes()
+    rss_imports = common.current_rss_bytes()
     peak_flops = train_step.matmul_peak("float32")  # before the model, as train_step does
     model = maskrcnn.maskrcnn_resnet50_fpn(num_classes=NUM_CLASSES)
     variables = _segjax_variables(model)
