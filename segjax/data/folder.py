@@ -402,8 +402,10 @@ class SegjaxFolder(tfds.core.GeneratorBasedBuilder):
             if image_path is None:
                 raise DataError(f"{mask_path}: mask without image (no images/.../{key}.*)")
             if cfg.instance is not None:
-                return self._instance_example(key, image_path, mask_path, split)
-            mask = image_io.decode_mask(image_io.read_bytes(mask_path), path=mask_path)
+                mask, extra = self._instance_fields(key, mask_path, split)
+            else:
+                mask = image_io.decode_mask(image_io.read_bytes(mask_path), path=mask_path)
+                extra = None
             return builders.file_example(
                 key,
                 image_path,
@@ -411,29 +413,22 @@ class SegjaxFolder(tfds.core.GeneratorBasedBuilder):
                 mask_path,
                 num_classes=cfg.num_classes,
                 value_range=cfg.value_range,
+                extra=extra,
             )
 
         counter = image_io.SkipCounter(cfg.skip_bad_examples)
         yield from image_io.generate_checked(pairs, make, counter, f"{cfg.root} split {split!r}")
 
-    def _instance_example(self, key, image_path, mask_path, split):
-        """``(key, example)`` of an instance mask: the derived class mask, the ids and, when
-        enabled, the weight map."""
+    def _instance_fields(self, key, mask_path, split):
+        """``(class mask, extra fields)`` of an instance mask file: the derived class mask, and
+        the ids plus, when enabled, the weight map."""
         cfg = self.builder_config
         instances = image_io.decode_instance_mask(image_io.read_bytes(mask_path), path=mask_path)
         mask = cfg.instance.class_mask(instances, split=split, key=key, mask_path=mask_path)
         extra = {"instances": instances}
         if cfg.instance.weight_map is not None:
             extra["weights"] = cfg.instance.weight_map.compute(instances, mask)
-        return builders.file_example(
-            key,
-            image_path,
-            mask,
-            mask_path,
-            num_classes=cfg.num_classes,
-            value_range=cfg.value_range,
-            extra=extra,
-        )
+        return mask, extra
 
 
 def class_names_of(data_config, default: tuple[str, ...] = ()) -> tuple[str, ...]:
