@@ -33,6 +33,13 @@ class DatasetInfo:
       splits: split name → number of examples.
       fields: the per-pixel fields examples carry besides ``image`` and ``mask`` (see the
         module docstring), e.g. ``("instances", "weights")``; ``()`` for class-mask datasets.
+        Instance (detection) datasets list their per-object fields instead: ``("boxes",
+        "labels", "masks", "is_crowd", "areas")``.
+      task: ``"semantic"`` (examples carry a class ``mask``) or ``"instance"`` (examples carry
+        per-object ``boxes``, ``labels``, ``masks`` …; ``class_names[0]`` is
+        ``"__background__"``).
+      category_ids: instance datasets: label → the dataset's own category id (COCO's ids),
+        ``()`` when labels are the ids.
     """
 
     name: str
@@ -41,6 +48,8 @@ class DatasetInfo:
     palette: tuple[tuple[int, int, int], ...]
     splits: dict[str, int]
     fields: tuple[str, ...] = ()
+    task: str = "semantic"
+    category_ids: tuple[int, ...] = ()
 
 
 def segmentation_example(ex: dict) -> dict:
@@ -115,10 +124,12 @@ class Source:
         palette: Sequence[tuple[int, int, int]] = (),
         to_example: Callable[[dict], dict] = segmentation_example,
         fields: Sequence[str] = (),
+        task: str = "semantic",
+        category_ids: Sequence[int] = (),
     ) -> "Source":
         """The source of a prepared ``builder`` with every split it holds; ``palette`` defaults
-        to :func:`default_palette`; ``fields`` names the extra per-pixel fields ``to_example``
-        yields (:attr:`DatasetInfo.fields`)."""
+        to :func:`default_palette`; ``fields`` names the extra fields ``to_example`` yields,
+        ``task`` and ``category_ids`` are :class:`DatasetInfo`'s."""
         info = DatasetInfo(
             name=name,
             num_classes=len(class_names),
@@ -126,6 +137,8 @@ class Source:
             palette=tuple(palette) or default_palette(len(class_names)),
             splits={k: v.num_examples for k, v in builder.info.splits.items()},
             fields=tuple(fields),
+            task=task,
+            category_ids=tuple(int(i) for i in category_ids),
         )
         return cls(builder, info, to_example)
 
