@@ -25,6 +25,13 @@ def base_config() -> ml_collections.ConfigDict:
     # step's ops one after another; faster and smaller on CPU, docs/PERFORMANCE.md) |
     # "concurrency" | "xla" (XLA's default, concurrency-optimised). No effect on GPU/TPU.
     c.cpu_scheduler = "memory"
+    # JAX's persistent compilation cache (segjax.compile_cache), so that a resumed run,
+    # evaluate and predict load the executables an earlier process compiled: enabled; dir
+    # ("" = $XDG_CACHE_HOME/segjax/jax or ~/.cache/segjax/jax); min_compile_time_secs (only
+    # compilations at least this long are written). SEGJAX_COMPILE_CACHE=off|DIR overrides.
+    c.compile_cache = ml_collections.ConfigDict(
+        {"enabled": True, "dir": "", "min_compile_time_secs": 0.0}
+    )
     c.init_from = ""  # a checkpoint directory (e.g. an imported torchvision backbone) to start from
     c.model = _model_schema()
     c.data = _data_schema()
@@ -75,8 +82,9 @@ def _data_schema() -> ml_collections.ConfigDict:
     data.mean = augment.IMAGENET_MEAN
     data.std = augment.IMAGENET_STD
     data.eval_pad_size = (64, 64)  # evaluation images are padded (not resized) to this size
-    data.shuffle_buffer = 10_000
-    data.cache = True  # cache decoded examples in memory (small datasets)
+    # Training: keep the encoded records read so far in memory (small datasets); evaluation:
+    # cache the decoded, padded examples.
+    data.cache = True
     data.num_threads = 4
     # Folder datasets: "class" (masks hold class ids) | "instance" (masks hold instance ids,
     # 0 = background, every object its own id; the class mask is derived, and the ids stay
@@ -87,7 +95,28 @@ def _data_schema() -> ml_collections.ConfigDict:
     data.instance_classes = ""
     data.weight_map = _weight_map_schema()
     data.elastic = _elastic_schema()
+    data.instances = _instances_schema()
+    data.coco = _coco_schema()
     return data
+
+
+def _coco_schema() -> ml_collections.ConfigDict:
+    """``config.data.coco``: COCO-format instance datasets (``data.name = "coco"``,
+    :mod:`segjax.data.coco`). With every path empty: COCO 2017 from ``data.manual_dir``."""
+    coco = ml_collections.ConfigDict()
+    coco.train_json = ""  # an export's train annotation file (COCO format)
+    coco.train_images = ""  # the folder the file_names of train_json are relative to
+    coco.val_json = ""  # the same for the "validation" split (either split may be left out)
+    coco.val_images = ""
+    # "contiguous": categories numbered 1..K in id order | "category_id": label = category id,
+    # "N/A" in the gaps (COCO's 91 slots, as torchvision's COCO models predict them)
+    coco.label_map = "contiguous"
+    # Images without annotations: "error" | "keep" (all background) | "drop" | "drop_train"
+    # (dropped from train, kept in validation: torchvision's reference recipe)
+    coco.empty_images = "error"
+    # Annotations with a zero-size box, a bad polygon or RLE: "error" | "drop" (counted, logged)
+    coco.invalid_annotations = "error"
+    return coco
 
 
 def _weight_map_schema() -> ml_collections.ConfigDict:
@@ -109,6 +138,24 @@ def _elastic_schema() -> ml_collections.ConfigDict:
     el.grid = 3  # coarse grid of random displacement vectors (paper: 3×3)
     el.sigma = 10.0  # standard deviation of the displacements in pixels (paper: 10)
     return el
+
+
+def _instances_schema() -> ml_collections.ConfigDict:
+    """``config.data.instances``: instance (Mask R-CNN) examples: resize, large-scale jitter,
+    static padding (``segjax.augment_instances``); flip, mean and std are ``config.data``'s."""
+    inst = ml_collections.ConfigDict()
+    inst.max_instances = 100  # static number of instance entries per image
+    # An image with more instances: "error" stops naming it | "drop_smallest" (counted, logged)
+    inst.overflow = "error"
+    inst.min_size = (800,)  # training draws the shorter side from these; evaluation uses the last
+    inst.max_size = 1333  # cap of the longer side (torchvision's 800 / 1333)
+    inst.pad_size = ()  # static padded (height, width); () = max_size rounded up, square
+    inst.size_divisible = 32  # rounding of the default pad_size
+    # Large-scale jitter: scale to pad_size times a random factor, then crop / pad to pad_size.
+    inst.large_scale_jitter = ml_collections.ConfigDict()
+    inst.large_scale_jitter.enabled = False
+    inst.large_scale_jitter.scale_range = (0.1, 2.0)  # torchvision's and detectron2's LSJ
+    return inst
 
 
 def _train_schema() -> ml_collections.ConfigDict:

@@ -1,24 +1,29 @@
 """tf.data pipelines: per-process training stream and exactly-counted evaluation batches.
 
-Training: each process reads only its part of the split. The order of examples is a pure
-function of ``(seed, epoch)`` (a fixed-seed shuffle per epoch) and the augmentation of each
-example a pure function of ``(seed, its position in the stream)``, so a run resumed at step
-``s`` sees exactly the batches an uninterrupted run would have seen.
+Training: the global batch of step ``s`` is a pure function of ``(seed, s, dataset)`` on any
+topology. Position ``g`` of the global stream holds example ``perm_e(g mod n)`` of the split,
+``perm_e`` a pseudorandom permutation of the ``n`` examples per epoch ``e = g // n`` seeded by
+``(seed, e)``, augmented with the seed ``(seed, g)``; each process reads (random access) and
+decodes only the rows of the global batch it feeds. A run resumed at step ``s``, on the same
+or another number of processes and devices, sees exactly the batches an uninterrupted run
+would have seen (docs/SCALING.md).
 
 Evaluation: full-resolution images padded to ``config.data.eval_pad_size`` (image → mean, mask
 → 255), the stream padded with all-ignore examples so that every process runs the same number of
 batches; every real pixel is counted exactly once and padding never.
 """
 
+import atexit
 import dataclasses
 import math
+import weakref
 from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from segjax import augment
+from segjax import augment, augment_instances
 from segjax.data.base import Source
 from segjax.metrics import IGNORE_INDEX
 
@@ -63,6 +68,34 @@ def _cardinality(ds: tf.data.Dataset, what: str) -> int:
     return n
 
 
+def global_positions(
+    start_step: int, global_batch: int, host_batch: int, process_index: int
+) -> tf.data.Dataset:
+    """The positions in the global training stream of this process's rows, from
+    ``start_step`` on: row ``j`` of step ``s`` on process ``p`` is position
+    ``s * global_batch + p * host_batch + j`` (processes own consecutive rows of every global
+    batch, as :func:`segjax.sharding.host_to_global` lays them out)."""
+    first = process_index * host_batch
+
+    def position(k):
+        step, row = k // host_batch, k % host_batch
+        return step * global_batch + first + row
+
+    start = start_step * host_batch
+    return tf.data.Dataset.range(start, np.iinfo(np.int64).max).map(position)
+
+
+def example_index(position: tf.Tensor, num_examples: int, seed: int) -> tf.Tensor:
+    """The split index of the example at ``position`` of the training stream: epoch
+    ``position // num_examples`` visits every example once, in a pseudorandom permutation
+    that depends only on ``(seed, epoch)`` (``tf.random.experimental.index_shuffle``: computed
+    per index, never materialised)."""
+    epoch, i = position // num_examples, position % num_examples
+    return tf.random.experimental.index_shuffle(
+        i, seed=tf.stack([tf.constant(seed, tf.int64), epoch]), max_index=num_examples - 1
+    )
+
+
 def train_iterator(
     source: Source,
     config: ml_collections.ConfigDict,
@@ -71,54 +104,101 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless iterator of this process's training batches, starting at ``start_step``.
+    """Endless iterator of this process's rows of the global training batches, from
+    ``start_step`` on.
+
+    The global batch of step ``s`` is a pure function of ``(seed, s, dataset)``, whatever the
+    number of processes and devices: position ``g`` of the stream (:func:`global_positions`)
+    holds example :func:`example_index` ``(g)``, augmented with the seed ``(seed, g)``. Each
+    process reads and decodes only its own rows (random access through
+    :meth:`segjax.data.base.Source.record_reader`), so a run resumed at any step, on any
+    topology, continues the same sequence.
 
     Args:
       source: the dataset.
       config: the full run config (reads ``seed``, ``data.*``, ``train.batch_size``).
       start_step: first step to produce (for resuming).
-      process_index, process_count: this process and how many read the split.
+      process_index, process_count: this process and how many share the global batch.
 
     Returns:
       Iterator of ``{"image": float32 [b, h, w, 3], "mask": uint8 [b, h, w]}`` (plus
       ``"weights"`` float32 ``[b, h, w]`` when the source has the U-Net weight map) with
-      ``b = train.batch_size / process_count``.
+      ``b = train.batch_size / process_count``; for instance sources
+      (``source.info.task == "instance"``) the fixed-shape fields of
+      :func:`segjax.augment_instances.train_transform_instances`.
     """
     d = config.data
     host_batch = _host_batch(config.train.batch_size, process_count)
-    base = source.as_dataset(
-        d.train_split, process_index=process_index, process_count=process_count
-    )
-    num_classes = source.info.num_classes
-    # Per-pixel fields besides image and mask that training needs (the border weight map);
-    # the rest (instance ids) is dropped before the cache.
-    extras = tuple(k for k in source.info.fields if k in TRAIN_FIELDS)
-    keep = ("image", "mask", "id", *extras)
-    base = base.map(lambda ex: _check_labels({k: ex[k] for k in keep}, num_classes))
-    if d.cache:
-        base = base.cache()
-    n_host = _cardinality(base, f"split {d.train_split!r} of {source.info.name!r}")
-    consumed = start_step * host_batch
-    start_epoch, offset = divmod(consumed, n_host)
-    buffer = min(n_host, d.shuffle_buffer)
+    reader = source.record_reader(d.train_split, cache=d.cache)
+    num_examples = len(reader)
+    if num_examples == 0:
+        raise ValueError(f"split {d.train_split!r} of {source.info.name!r} is empty")
     seed = int(config.seed)
+    if source.info.task == "instance":
+        transform = _instance_train_transform(d, seed)
+    else:
+        transform = _train_transform(d, seed, source.info)
 
-    def epoch(e):
-        return base.shuffle(buffer, seed=seed * 1_000_003 + e, reshuffle_each_iteration=False)
+    def example_at(position):
+        ex = source.decode(reader.read_tf(example_index(position, num_examples, seed)))
+        return transform(position, ex)
 
-    ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-    ds = ds.skip(offset).enumerate(start=consumed)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = max(1, d.num_threads)
+    ds = global_positions(start_step, config.train.batch_size, host_batch, process_index)
+    ds = ds.map(example_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(host_batch, drop_remainder=True).prefetch(2).with_options(options)
+    return _Batches(ds)
 
+
+class _Batches:
+    """A ``tf.data`` numpy iterator released at interpreter exit.
+
+    The records are read by a Python function inside ``tf.data``; an iterator still alive when
+    the interpreter shuts down would leave TF's threads waiting for the GIL forever and the
+    process would never exit. ``atexit`` hooks run first, so releasing the iterator there
+    ends its threads cleanly.
+    """
+
+    _live: "weakref.WeakSet[_Batches]" = weakref.WeakSet()
+
+    def __init__(self, ds: tf.data.Dataset):
+        self._iterator = ds.as_numpy_iterator()
+        _Batches._live.add(self)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._iterator is None:
+            raise StopIteration
+        return next(self._iterator)
+
+    def close(self) -> None:
+        """Releases the pipeline (its threads stop); later ``next`` calls end the iteration."""
+        self._iterator = None
+
+    @staticmethod
+    @atexit.register
+    def _close_all() -> None:
+        for batches in list(_Batches._live):
+            batches.close()
+
+
+def _train_transform(d: ml_collections.ConfigDict, seed: int, info):
+    """``(position, example) → augmented fields``: the semantic training augmentation of
+    ``config.data`` with the per-example seed ``(seed, position)``, labels checked."""
     crop_size = tuple(d.crop_size)
     elastic = augment.elastic_from_config(d.elastic)
+    # Per-pixel fields besides image and mask that training needs (the border weight map).
+    extras = tuple(k for k in info.fields if k in TRAIN_FIELDS)
 
-    def transform(counter, ex):
-        example_seed = tf.stack(
-            [tf.constant(seed, tf.int64), counter * process_count + process_index]
-        )
+    def transform(position, ex):
+        ex = _check_labels({k: ex[k] for k in ("image", "mask", "id", *extras)}, info.num_classes)
         return augment.train_transform_fields(
             {"image": ex["image"], "mask": ex["mask"], **{k: ex[k] for k in extras}},
-            example_seed,
+            tf.stack([tf.constant(seed, tf.int64), position]),
             crop_size=crop_size,
             scale_range=tuple(d.scale_range),
             hflip=d.hflip,
@@ -129,12 +209,20 @@ def train_iterator(
             elastic=elastic,
         )
 
-    options = tf.data.Options()
-    options.deterministic = True
-    options.threading.private_threadpool_size = max(1, d.num_threads)
-    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(host_batch, drop_remainder=True).prefetch(2).with_options(options)
-    return ds.as_numpy_iterator()
+    return transform
+
+
+def _instance_train_transform(d: ml_collections.ConfigDict, seed: int):
+    """``(position, example) → fixed-shape instance fields`` (image, image_size, boxes, labels,
+    masks, is_crowd, instance_valid, num_dropped): :mod:`segjax.augment_instances` with the
+    options of ``config.data.instances`` and the per-example seed ``(seed, position)``."""
+    options = augment_instances.train_options(d)
+
+    def transform(position, ex):
+        example_seed = tf.stack([tf.constant(seed, tf.int64), position])
+        return augment_instances.train_transform_instances(ex, example_seed, **options)
+
+    return transform
 
 
 @dataclasses.dataclass

@@ -42,6 +42,49 @@ def test_resume_across_epoch_boundary(tiny_config):
     np.testing.assert_array_equal(full[3]["image"], resumed[1]["image"])
 
 
+@pytest.mark.parametrize("processes", [2, 4])
+def test_global_batch_is_the_same_on_any_number_of_processes(tiny_config, processes):
+    src = _source(tiny_config)
+    single = _take(input_pipeline.train_iterator(src, tiny_config, start_step=5), 2)
+    parts = [
+        _take(
+            input_pipeline.train_iterator(
+                src, tiny_config, start_step=5, process_index=p, process_count=processes
+            ),
+            2,
+        )
+        for p in range(processes)
+    ]
+    for step in range(2):
+        for key in ("image", "mask"):
+            rows = np.concatenate([part[step][key] for part in parts])
+            np.testing.assert_array_equal(rows, single[step][key])
+    # Each process decodes only its own rows.
+    assert parts[0][0]["image"].shape[0] == tiny_config.train.batch_size // processes
+
+
+def test_every_epoch_visits_every_example_once():
+    def order(n, seed):
+        positions = tf.data.Dataset.range(3 * n)
+        ds = positions.map(lambda g: input_pipeline.example_index(g, n, seed))
+        return np.array(list(ds.as_numpy_iterator())).reshape(3, n)
+
+    epochs = order(37, 3)
+    for epoch in epochs:
+        assert sorted(epoch) == list(range(37))
+    assert len({tuple(e) for e in epochs}) == 3  # a new permutation per epoch
+    np.testing.assert_array_equal(order(37, 3), epochs)
+    assert not np.array_equal(order(37, 4), epochs)
+
+
+def test_global_positions_interleave_processes_row_blocks():
+    got = [
+        list(input_pipeline.global_positions(2, 6, 3, p).take(6).as_numpy_iterator())
+        for p in range(2)
+    ]
+    assert got == [[12, 13, 14, 18, 19, 20], [15, 16, 17, 21, 22, 23]]
+
+
 @pytest.mark.parametrize("processes", [1, 2, 3])
 def test_eval_counts_every_pixel_once(tiny_config, processes):
     src = _source(tiny_config)
@@ -101,3 +144,27 @@ def test_augment_keeps_image_and_mask_aligned():
         assert np.all(out_mask[keep & bright] == 1)
         assert np.all(out_mask[keep & dark] == 0)
         assert out_img.shape == (48, 48, 3) and out_mask.shape == (48, 48)
+
+
+def test_instance_batches_are_the_same_on_any_number_of_processes(tmp_path):
+    from segjax import config as config_lib
+
+    cfg = config_lib.base_config()
+    cfg.data.name, cfg.data.config_name = "instance_shapes", "tiny"
+    cfg.data.data_dir = str(tmp_path)
+    cfg.data.instances.min_size, cfg.data.instances.max_size = (96, 128), 128
+    cfg.data.instances.pad_size, cfg.data.instances.max_instances = (128, 128), 8
+    cfg.train.batch_size = 4
+    src = _source(cfg)
+    single = _take(input_pipeline.train_iterator(src, cfg, start_step=7), 1)[0]
+    parts = [
+        _take(
+            input_pipeline.train_iterator(src, cfg, start_step=7, process_index=p, process_count=2),
+            1,
+        )[0]
+        for p in range(2)
+    ]
+    assert single["image"].shape == (4, 128, 128, 3) and single["masks"].shape == (4, 8, 128, 128)
+    assert single["instance_valid"].any()
+    for key in ("image", "image_size", "boxes", "labels", "masks", "instance_valid"):
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), single[key], key)

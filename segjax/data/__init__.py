@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from segjax.data import ade20k, cityscapes, folder, pets, shapes, voc
+from segjax.data import ade20k, cityscapes, coco, folder, instance_shapes, pets, shapes, voc
 from segjax.data.base import DatasetInfo, Source
 
 __all__ = ["DatasetInfo", "Source", "get_source", "names"]
@@ -21,6 +21,8 @@ _LOADERS: dict[str, Callable[[ml_collections.ConfigDict], Source]] = {
     "pets": pets.load,
     "cityscapes": cityscapes.load,
     "ade20k": ade20k.load,
+    "coco": coco.load,
+    "instance_shapes": instance_shapes.load,
 }
 
 

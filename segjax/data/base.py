@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from segjax.data.records import RecordReader
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -142,6 +144,13 @@ class Source:
         )
         return cls(builder, info, to_example)
 
+    def _require_split(self, split: str) -> None:
+        if split not in self.info.splits:
+            raise ValueError(
+                f"dataset {self.info.name!r} has no split {split!r}; "
+                f"splits: {', '.join(sorted(self.info.splits))}"
+            )
+
     def as_dataset(
         self, split: str, *, process_index: int = 0, process_count: int = 1
     ) -> tf.data.Dataset:
@@ -151,15 +160,27 @@ class Source:
         Raises:
           ValueError: the dataset has no split ``split`` (the message lists its splits).
         """
-        if split not in self.info.splits:
-            raise ValueError(
-                f"dataset {self.info.name!r} has no split {split!r}; "
-                f"splits: {', '.join(sorted(self.info.splits))}"
-            )
+        self._require_split(split)
         sub = process_split(split, self.info.splits[split], process_index, process_count)
         ds = self.builder.as_dataset(
             split=sub,
             shuffle_files=False,
-            read_config=tfds.ReadConfig(interleave_cycle_length=1, add_tfds_id=False),
+            read_config=tfds.ReadConfig(
+                interleave_cycle_length=1, add_tfds_id=False, try_autocache=False
+            ),
         )
         return ds.map(self.to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def record_reader(self, split: str, *, cache: bool = False) -> RecordReader:
+        """Random access to the serialized examples of the whole ``split``, in the order of
+        :meth:`as_dataset` (decode one with :meth:`decode`); ``cache`` keeps what was read.
+
+        Raises:
+          ValueError: the dataset has no split ``split``.
+        """
+        self._require_split(split)
+        return RecordReader(self.builder.info.splits[split].file_instructions, cache=cache)
+
+    def decode(self, serialized: tf.Tensor) -> dict:
+        """The example (see the module docstring) of one serialized record of the builder."""
+        return self.to_example(self.builder.info.features.deserialize_example(serialized))
