@@ -51,6 +51,7 @@ from pycocotools import mask as coco_mask  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from segjax import cli, inference, logs, ops, trainer  # noqa: E402
+from segjax.coco_eval import coco_results  # noqa: E402
 from segjax.data import base, cityscapes, coco_names, image_io  # noqa: E402
 from segjax.models import maskrcnn  # noqa: E402
 
@@ -336,29 +337,6 @@ def image_id_for(stem: str) -> int | str:
     if name.isascii() and name.isdigit():
         return int(name)
     return stem.replace(os.sep, "/")
-
-
-def coco_results(detections: dict, rles: Sequence[dict], image_id: int | str) -> list[dict]:
-    """One image's detections (best first) as a COCO results list (module docstring): boxes
-    as ``[x, y, w, h]``, masks as the given RLEs (``pycocotools.mask.encode``'s, one each)."""
-    results = []
-    for box, score, label, rle in zip(
-        detections["boxes"], detections["scores"], detections["labels"], rles
-    ):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        results.append(
-            {
-                "image_id": image_id,
-                "category_id": int(label),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(score),
-                "segmentation": {
-                    "size": [int(s) for s in rle["size"]],
-                    "counts": rle["counts"].decode("ascii"),
-                },
-            }
-        )
-    return results
 
 
 def instance_colours(n: int) -> np.ndarray:
