@@ -16,7 +16,10 @@ makes one) with each image's resized ``(height, width)`` and returns, per image,
 Every step has a static shape, so the whole forward pass is one ``jax.jit`` and shards over the
 batch. The pieces are methods for parity tests and training: :meth:`MaskRCNN.features`,
 :meth:`~MaskRCNN.rpn_outputs`, :meth:`~MaskRCNN.proposals`, :meth:`~MaskRCNN.box_head_outputs`,
-:meth:`~MaskRCNN.mask_head_outputs` (``model.apply(variables, …, method=…)``).
+:meth:`~MaskRCNN.mask_head_outputs` (``model.apply(variables, …, method=…)``), and for the
+training forward (:mod:`segjax.models.maskrcnn.losses`) the same on a computed pyramid:
+:meth:`~MaskRCNN.rpn_on_features`, :meth:`~MaskRCNN.box_head_on_features`,
+:meth:`~MaskRCNN.mask_head_on_features`.
 
 Variables mirror torchvision's module tree (``backbone/body``, ``backbone/fpn``, ``rpn/head``,
 ``roi_heads/{box_head,box_predictor,mask_head,mask_predictor}``; see the submodules'
@@ -266,6 +269,25 @@ class MaskRCNN(nn.Module):
     def mask_head_outputs(self, images: jax.Array, boxes: jax.Array) -> jax.Array:
         """Mask logits ``[B, K, 28, 28, num_classes]`` on given boxes ``[B, K, 4]``."""
         return self.roi_heads.mask_logits(self.backbone(images), boxes, images.shape[1:3])
+
+    # The training forward (segjax.models.maskrcnn.losses) runs the backbone once and matches /
+    # samples between the RPN and the heads, so it calls these on a computed pyramid.
+
+    def rpn_on_features(self, features, image_sizes, image_shape, *, train: bool = True):
+        """``(objectness, deltas, (boxes, scores, valid))`` of the RPN on a pyramid.
+
+        ``features`` is :meth:`features`' output, ``image_shape`` the padded batch's static
+        ``(H, W)``; ``train`` picks the training proposal counts.
+        """
+        return self.rpn(features, image_sizes, tuple(image_shape), train=train)
+
+    def box_head_on_features(self, features, boxes: jax.Array, image_shape):
+        """:meth:`box_head_outputs` on a computed pyramid (``boxes [B, K, 4]``)."""
+        return self.roi_heads.box_outputs(features, boxes, tuple(image_shape))
+
+    def mask_head_on_features(self, features, boxes: jax.Array, image_shape) -> jax.Array:
+        """:meth:`mask_head_outputs` on a computed pyramid (``boxes [B, K, 4]``)."""
+        return self.roi_heads.mask_logits(features, boxes, tuple(image_shape))
 
     def __call__(
         self,
