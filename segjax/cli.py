@@ -1,5 +1,6 @@
 """What the command-line tools share: their flag groups, option parsing, one-line errors,
-workdir checks and runtime setup (quiet TensorFlow/TFDS, multi-process start-up).
+workdir checks and runtime setup (quiet TensorFlow/TFDS, multi-process start-up, the persistent
+compilation cache).
 
 Flag groups are defined once per process (the ``define_*`` functions are cached), so the tools
 can be imported side by side; each tool takes the groups it needs at import time.
@@ -10,6 +11,7 @@ import functools
 import os
 import re
 import sys
+import tempfile
 import types
 
 import ml_collections
@@ -18,7 +20,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segjax import inference, sharding, trainer
+from segjax import compile_cache, inference, sharding, trainer
 from segjax.logs import fail
 
 __all__ = [
@@ -197,9 +199,10 @@ def require_workdir(workdir: str | None, flag: str = "--workdir") -> str:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
+        # A probe of its own per process: the processes of a multi-host job check the same
+        # shared workdir at the same time.
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=workdir)
+        os.close(fd)
         os.remove(probe)
     except OSError as e:
         fail(f"{flag} {workdir} is not writable: {e.strerror or e}")
@@ -216,14 +219,29 @@ def configure_host_devices(config, num_processes: int = 0) -> None:
         sharding.configure_host_devices(config, num_processes)
 
 
-def setup_runtime(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
+def setup_runtime(
+    coordinator: str = "",
+    num_processes: int = 0,
+    process_id: int = -1,
+    config: ml_collections.ConfigDict | None = None,
+) -> str | None:
     """Keeps TensorFlow (used for tf.data only) off accelerators, silences TFDS's progress bars
-    (segjax prints its own progress line) and starts multi-process JAX."""
+    (segjax prints its own progress line), starts multi-process JAX and turns on the persistent
+    compilation cache (:func:`segjax.compile_cache.setup`) for ``config`` — by default the
+    ``--config`` flag's, when the tool has one. Call it before anything compiles.
+
+    Returns:
+      The compilation cache directory, or None when the cache is off.
+    """
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     tf.config.set_visible_devices([], "GPU")
     tf.get_logger().setLevel("ERROR")
     tfds.disable_progress_bar()
     sharding.maybe_initialize_distributed(coordinator, num_processes, process_id)
+    if config is None and "config" in flags.FLAGS:
+        config = flags.FLAGS["config"].value
+    with clean_errors():
+        return compile_cache.setup(config)
 
 
 @contextlib.contextmanager

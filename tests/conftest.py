@@ -1,6 +1,9 @@
 """Test setup: 8 fake CPU devices so multi-device code is testable on one machine."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must happen before JAX initialises its backend.
 _flag = "--xla_force_host_platform_device_count=8"
@@ -8,6 +11,11 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# segjax commands cache compiled executables in ~/.cache/segjax/jax by default
+# (segjax.compile_cache); the tests' subprocesses share one cache per test process instead.
+if "SEGJAX_COMPILE_CACHE" not in os.environ:
+    os.environ["SEGJAX_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="segjax-test-compile-cache-")
+    atexit.register(shutil.rmtree, os.environ["SEGJAX_COMPILE_CACHE"], True)
 
 import pytest  # noqa: E402
 

@@ -127,7 +127,8 @@ def folder_flags(blobs_root):
 
 @pytest.mark.parametrize("dataset", ["shapes", "folder"])
 def test_every_topology_trains_the_same_run(dataset, shapes_data_dir, folder_flags, tmp_path):
-    data_flags = {"data.data_dir": shapes_data_dir} if dataset == "shapes" else folder_flags
+    shapes_flags = {"data.data_dir": shapes_data_dir, "data.config_name": "tiny"}
+    data_flags = shapes_flags if dataset == "shapes" else folder_flags
     cache = tmp_path / "jax_cache"
     runs = {}
     for processes, devices in TOPOLOGIES:
