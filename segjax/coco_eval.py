@@ -407,7 +407,7 @@ def _detection_rles(masks: np.ndarray, boxes: np.ndarray, image_hw, pasted: bool
     rles = []
     for start in range(0, len(boxes), MASK_CHUNK):
         part = slice(start, start + MASK_CHUNK)
-        probabilities = paste_masks(masks[part], boxes[part], image_hw, chunk=MASK_CHUNK)
+        probabilities = paste_masks(masks[part], boxes[part], image_hw)
         rles.extend(encode_masks(probabilities > MASK_THRESHOLD))
     return rles
 

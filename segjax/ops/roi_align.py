@@ -8,7 +8,9 @@
 * :func:`multiscale_roi_align` — ``MultiScaleRoIAlign``: each RoI pooled from the one FPN level
   the FPN paper's rule gives it (:func:`fpn_levels`), at that level's inferred scale
   (:func:`infer_level_scales`).
-* :func:`paste_masks_in_image` — ``paste_masks_in_image`` of Mask R-CNN's postprocessing.
+* :func:`paste_masks_in_image` — ``paste_masks_in_image`` of Mask R-CNN's postprocessing,
+  traceable; :func:`paste_masks_in_boxes` is the same paste on the host (NumPy), computing
+  only the pixels inside each box.
 
 The pooling is gathers with bilinear weights: for every RoI the sample grid is separable (rows
 depend on the output row, columns on the output column), so each bin reads the
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from segjax.ops.boxes import box_area
 
@@ -277,42 +280,70 @@ def multiscale_roi_align(
     return jax.vmap(pool_image)(list(features), boxes).astype(dtype)
 
 
-def _expanded_int_boxes(boxes: jax.Array, scale: float) -> jax.Array:
+def _expanded_int_boxes(boxes, scale: float, xp=jnp):
     """torchvision's ``expand_boxes`` (scale about the centre) then ``.to(int64)`` (truncation).
 
-    Computed in ``boxes.dtype``; coordinates are clipped to ±2²⁴ first so that padding boxes of
-    any value convert to int32 without overflow.
+    Computed in ``boxes.dtype`` with ``xp`` (``jnp`` in the jitted paste, ``np`` on the host);
+    coordinates are clipped to ±2²⁴ first so that padding boxes of any value convert to int32
+    without overflow.
     """
-    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * jnp.asarray(scale, boxes.dtype)
-    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * jnp.asarray(scale, boxes.dtype)
+    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * xp.asarray(scale, boxes.dtype)
+    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * xp.asarray(scale, boxes.dtype)
     ctr_x = (boxes[:, 2] + boxes[:, 0]) * 0.5
     ctr_y = (boxes[:, 3] + boxes[:, 1]) * 0.5
-    expanded = jnp.stack([ctr_x - half_w, ctr_y - half_h, ctr_x + half_w, ctr_y + half_h], -1)
+    expanded = xp.stack([ctr_x - half_w, ctr_y - half_h, ctr_x + half_w, ctr_y + half_h], -1)
     limit = float(1 << 24)
-    return jnp.clip(jnp.nan_to_num(expanded), -limit, limit).astype(jnp.int32)
+    return xp.clip(xp.nan_to_num(expanded), -limit, limit).astype(xp.int32)
+
+
+def _source_taps(offset, size, mask_len: int, xp=jnp):
+    """The two mask pixels, and their weights, that pixels ``offset`` into a box read.
+
+    A box of ``size`` pixels (float32) holds the mask resized with ``F.interpolate(mode=
+    "bilinear", align_corners=False)``: output pixel ``d`` samples ``max((d + 0.5)·mask_len/size
+    − 0.5, 0)`` of the mask, between its floor and the next pixel (the last pixel repeats).
+    ``offset`` (float32) and ``size`` broadcast. Returns ``(low, high, low_weight, high_weight)``.
+    """
+    step = xp.float32(mask_len) / size
+    if xp is np:  # the float32 product is exact in float64, so this rounds once, like
+        # the FMA XLA fuses ``· step − 0.5`` into (a source pixel one ulp off moves the taps)
+        src = ((offset + 0.5).astype(np.float64) * np.float64(step) - 0.5).astype(np.float32)
+    else:
+        src = (offset + 0.5) * step - 0.5
+    src = xp.maximum(src, 0)
+    low = xp.minimum(xp.floor(src), mask_len - 1)
+    frac = xp.clip(src - low, 0, 1)
+    low = low.astype(xp.int32)
+    high = xp.where(low < mask_len - 1, low + 1, low)
+    return low, high, 1 - frac, frac
 
 
 def _resize_taps(start: jax.Array, stop: jax.Array, mask_len: int, image_len: int):
     """Per image pixel along one axis: the two mask pixels it reads and their weights.
 
-    A box covering pixels ``start..stop`` (ints ``[N]``, inclusive) holds the mask resized to
-    ``max(stop − start + 1, 1)`` pixels with ``F.interpolate(mode="bilinear",
-    align_corners=False)``: output pixel ``d`` samples ``max((d + 0.5)·mask_len/size − 0.5, 0)``
-    of the mask, between its floor and the next pixel (the last pixel repeats). Pixels outside
-    the box weigh 0. Returns ``(index int32 [N, image_len, 2], weight [N, image_len, 2])``.
+    The box covers pixels ``start..stop`` (ints ``[N]``, inclusive) and is
+    ``max(stop − start + 1, 1)`` pixels long (:func:`_source_taps`); pixels outside it weigh 0.
+    Returns ``(index int32 [N, image_len, 2], weight [N, image_len, 2])``.
     """
-    size = jnp.maximum(stop - start + 1, 1)
+    size = jnp.maximum(stop - start + 1, 1).astype(jnp.float32)[:, None]
     pixel = jnp.arange(image_len, dtype=jnp.int32)[None, :]
     inside = (pixel >= start[:, None]) & (pixel <= stop[:, None])
-    step = (jnp.float32(mask_len) / size.astype(jnp.float32))[:, None]
     offset = (pixel - start[:, None]).astype(jnp.float32)
-    src = jnp.maximum((offset + 0.5) * step - 0.5, 0)
-    low = jnp.minimum(jnp.floor(src), mask_len - 1)
-    frac = jnp.clip(src - low, 0, 1)
-    low = low.astype(jnp.int32)
-    high = jnp.where(low < mask_len - 1, low + 1, low)
-    weight = jnp.stack([1 - frac, frac], axis=-1) * inside[..., None]
+    low, high, low_weight, high_weight = _source_taps(offset, size, mask_len)
+    weight = jnp.stack([low_weight, high_weight], axis=-1) * inside[..., None]
     return jnp.stack([low, high], axis=-1), weight
+
+
+def _check_paste_args(masks_shape, boxes_shape, padding, caller: str) -> None:
+    """ValueError unless masks are ``[N, M, M]`` for boxes ``[N, 4]`` and ``padding >= 0``."""
+    n = boxes_shape[0]
+    if len(masks_shape) != 3 or masks_shape[0] != n or masks_shape[1] != masks_shape[2]:
+        raise ValueError(
+            f"{caller}: expected masks [{n}, M, M] for boxes {tuple(boxes_shape)}, got "
+            f"{tuple(masks_shape)}"
+        )
+    if not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"{caller}: padding={padding!r}, expected an int >= 0")
 
 
 def paste_masks_in_image(masks: jax.Array, boxes: jax.Array, image_hw, *, padding: int = 1):
@@ -322,21 +353,18 @@ def paste_masks_in_image(masks: jax.Array, boxes: jax.Array, image_hw, *, paddin
     centre by ``(M + 2·padding) / M`` to match and truncated to ints, the mask bilinearly resized
     (``align_corners=False``) to the box's ``x2 − x1 + 1`` × ``y2 − y1 + 1`` pixels and placed
     at ``(x1, y1)``, cut at the image border; pixels outside the box are 0. ``image_hw`` is a
-    static ``(H, W)``. Thresholding (torchvision: > 0.5) is the caller's. Computed as two
-    separable interpolation steps per mask: a small ``[M + 2p, W]`` product, then two row
-    gathers per image row — no per-pixel gathers of the 2×2 neighbourhood.
+    static ``(H, W)``. Thresholding (torchvision: > 0.5) is the caller's.
+
+    This is the traceable version (inside ``jax.jit``): it computes every pixel of the image for
+    every mask, as two separable steps per mask (a small ``[M + 2p, W]`` product, then two row
+    gathers per image row). On the host, :func:`paste_masks_in_boxes` gives the same values
+    (within float32 rounding) computing only the pixels inside each box — much faster on large
+    images.
 
     Raises:
       ValueError: masks are not ``[N, M, M]`` for ``boxes [N, 4]``, or ``padding < 0``.
     """
-    n = boxes.shape[0]
-    if masks.ndim != 3 or masks.shape[0] != n or masks.shape[1] != masks.shape[2]:
-        raise ValueError(
-            f"paste_masks_in_image: expected masks [{n}, M, M] for boxes {boxes.shape}, got "
-            f"{masks.shape}"
-        )
-    if not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"paste_masks_in_image: padding={padding!r}, expected an int >= 0")
+    _check_paste_args(masks.shape, boxes.shape, padding, "paste_masks_in_image")
     height, width = (int(v) for v in image_hw)
     m = masks.shape[-1]
     padded = jnp.pad(masks.astype(jnp.float32), ((0, 0), (padding, padding), (padding, padding)))
@@ -353,3 +381,77 @@ def paste_masks_in_image(masks: jax.Array, boxes: jax.Array, image_hw, *, paddin
     low = jnp.take_along_axis(along_x, rows[:, :, 0, None], axis=1)  # [N, H, W]
     high = jnp.take_along_axis(along_x, rows[:, :, 1, None], axis=1)
     return row_w[:, :, 0, None] * low + row_w[:, :, 1, None] * high
+
+
+def _window_taps(start: int, stop: int, first: int, last: int, mask_len: int):
+    """:func:`_source_taps` (NumPy) of image pixels ``first..last − 1`` in box ``start..stop``."""
+    size = np.float32(max(stop - start + 1, 1))
+    offset = (np.arange(first, last) - start).astype(np.float32)
+    return _source_taps(offset, size, mask_len, xp=np)
+
+
+def _window(corners, height: int, width: int) -> tuple[int, int, int, int]:
+    """The image pixels ``(y_first, y_last, x_first, x_last)`` (exclusive) an integer box covers."""
+    x1, y1, x2, y2 = corners
+    return max(y1, 0), min(y2 + 1, height), max(x1, 0), min(x2 + 1, width)
+
+
+def _paste_one(padded: np.ndarray, corners, out: np.ndarray, scratch: np.ndarray) -> None:
+    """Writes one padded mask resized into its integer box ``corners`` into ``out [H, W]``.
+
+    Only the box's part inside the image is computed; the rest of ``out`` is left alone.
+    ``scratch`` is a flat float32 buffer at least as large as that part.
+    """
+    x1, y1, x2, y2 = corners
+    y_first, y_last, x_first, x_last = _window(corners, *out.shape)
+    if x_last <= x_first or y_last <= y_first:
+        return  # the box misses the image (or is inverted)
+    mask_len = padded.shape[0]
+    col_low, col_high, col_low_w, col_high_w = _window_taps(x1, x2, x_first, x_last, mask_len)
+    # The jitted paste sums both weights when they read the same (last) column.
+    same = col_low == col_high
+    col_low_w, col_high_w = np.where(same, col_low_w + col_high_w, col_low_w), col_high_w * ~same
+    along_x = padded[:, col_low] * col_low_w + padded[:, col_high] * col_high_w  # [mask_len, w]
+    row_low, row_high, row_low_w, row_high_w = _window_taps(y1, y2, y_first, y_last, mask_len)
+    window = out[y_first:y_last, x_first:x_last]
+    high = scratch[: window.size].reshape(window.shape)
+    # mode="clip": the indices are in range, and the default "raise" buffers ``out``.
+    np.take(along_x, row_low, axis=0, out=window, mode="clip")
+    window *= row_low_w[:, None]
+    np.take(along_x, row_high, axis=0, out=high, mode="clip")
+    high *= row_high_w[:, None]
+    window += high
+
+
+def paste_masks_in_boxes(masks, boxes, image_hw, *, padding: int = 1) -> np.ndarray:
+    """:func:`paste_masks_in_image` on the host, computing only the pixels inside each box.
+
+    Same convention and, within float32 rounding (XLA fuses some multiply-adds of the jitted
+    version into FMAs; NumPy rounds each step), the same values: ``masks [N, M, M]``
+    (probabilities) pasted at ``boxes [N, 4]`` into ``image_hw`` ``(H, W)``, zero outside each
+    box. The cost is the boxes' area, not ``N·H·W``, and there is nothing to compile, so any
+    image size is fine.
+
+    Returns:
+      float32 ``[N, H, W]``.
+
+    Raises:
+      ValueError: masks are not ``[N, M, M]`` for ``boxes [N, 4]``, or ``padding < 0``.
+    """
+    masks = np.asarray(masks, np.float32)
+    boxes = np.asarray(boxes, np.float32)
+    _check_paste_args(masks.shape, boxes.shape, padding, "paste_masks_in_boxes")
+    height, width = (int(v) for v in image_hw)
+    m = masks.shape[-1]
+    padded = np.pad(masks, ((0, 0), (padding, padding), (padding, padding)))
+    corners = _expanded_int_boxes(boxes, (m + 2 * padding) / m, xp=np)
+    out = np.zeros((len(masks), height, width), np.float32)
+    corners = corners.tolist()
+    areas = [
+        max(y1 - y0, 0) * max(x1 - x0, 0)
+        for y0, y1, x0, x1 in (_window(c, height, width) for c in corners)
+    ]
+    scratch = np.empty(max(areas, default=0), np.float32)  # one buffer for every mask's window
+    for mask, box_corners, image in zip(padded, corners, out, strict=True):
+        _paste_one(mask, box_corners, image, scratch)
+    return out

@@ -27,12 +27,9 @@ is the caller's.
 """
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from segjax.data.image_io import DataError
@@ -210,41 +207,17 @@ class ImageTransform:
         }
 
 
-@functools.partial(jax.jit, static_argnames=("canvas",))
-def _paste_on_canvas(masks, boxes, canvas):
-    return roi_align.paste_masks_in_image(masks, boxes, canvas, padding=1)
-
-
 def paste_masks(
     masks: np.ndarray,
     boxes: np.ndarray,
     image_hw: Sequence[int],
-    *,
-    canvas_multiple: int = 256,
-    chunk: int = 8,
 ) -> np.ndarray:
     """Full-size mask probabilities ``[N, H, W]`` from 28×28 ones, torchvision's pasting.
 
     Pastes ``masks [N, M, M]`` at ``boxes [N, 4]`` (the *original-image* boxes the model
-    returns with ``original_sizes``) into an image of ``image_hw``. Pass only the valid
-    detections. The paste (:func:`segjax.ops.roi_align.paste_masks_in_image`) is jitted on a
-    canvas rounded up to ``canvas_multiple`` and in chunks of ``chunk`` masks, so a folder of
-    mixed sizes compiles once per distinct rounded size rather than per image size, and memory
-    stays at ``chunk`` full-size masks; a pixel's value does not depend on the canvas size, so
-    cropping gives the exact result.
+    returns with ``original_sizes``) into an image of ``image_hw``, torchvision's padding of 1.
+    Pass only the valid detections. On the host
+    (:func:`segjax.ops.roi_align.paste_masks_in_boxes`): each mask is resized only inside its
+    box, so the cost is the boxes' area and no image size compiles anything.
     """
-    h, w = (int(s) for s in image_hw)
-    canvas = (_round_up(h, canvas_multiple), _round_up(w, canvas_multiple))
-    masks = np.asarray(masks, np.float32)
-    boxes = np.asarray(boxes, np.float32)
-    out = np.zeros((masks.shape[0], h, w), np.float32)
-    for start in range(0, masks.shape[0], chunk):
-        part = slice(start, start + chunk)
-        m, b = masks[part], boxes[part]
-        n = m.shape[0]
-        if n < chunk:  # a fixed chunk keeps one compiled shape per canvas
-            m = np.concatenate([m, np.zeros((chunk - n, *m.shape[1:]), np.float32)])
-            b = np.concatenate([b, np.zeros((chunk - n, 4), np.float32)])
-        pasted = _paste_on_canvas(jnp.asarray(m), jnp.asarray(b), canvas)
-        out[part] = np.asarray(pasted)[:n, :h, :w]
-    return out
+    return roi_align.paste_masks_in_boxes(masks, boxes, image_hw, padding=1)
