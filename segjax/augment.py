@@ -320,14 +320,14 @@ class _CropWindow:
         resized (nearest) like the image, every ``stride``-th row and column:
         ``[out_h / stride, out_w / stride]``."""
         (y0, x0), (out_h, out_w) = self.corner(uy, ux), self.out_hw
-        rows = _nearest_sources(y0, out_h, self.source_hw[0], self.scaled_hw[0])[::stride]
-        cols = _nearest_sources(x0, out_w, self.source_hw[1], self.scaled_hw[1])[::stride]
+        rows = nearest_sources(y0, out_h, self.source_hw[0], self.scaled_hw[0])[::stride]
+        cols = nearest_sources(x0, out_w, self.source_hw[1], self.scaled_hw[1])[::stride]
         # Row gathers are contiguous copies; gathering columns directly is 4x slower.
         picked = tf.transpose(tf.gather(mask, rows, axis=0))
         return tf.transpose(tf.gather(picked, cols, axis=0))
 
 
-def _nearest_sources(
+def nearest_sources(
     start: tf.Tensor, length: tf.Tensor, source: tf.Tensor, scaled: tf.Tensor
 ) -> tf.Tensor:
     """Source indices of resized positions ``start .. start+length-1`` under

@@ -310,8 +310,8 @@ def _resample(image, fields, scaled_hw, corner, out_hw):
 
     def resample():
         resized = tf.image.resize(image, tf.stack(scaled_hw), method="bilinear")
-        rows = augment._nearest_sources(y0, out_h, source_h, scaled_hw[0])
-        cols = augment._nearest_sources(x0, out_w, source_w, scaled_hw[1])
+        rows = augment.nearest_sources(y0, out_h, source_h, scaled_hw[0])
+        cols = augment.nearest_sources(x0, out_w, source_w, scaled_hw[1])
         return resized[y0 : y0 + out_h, x0 : x0 + out_w], _nearest_window(masks, rows, cols)
 
     image, masks = tf.cond(identity, lambda: (image, masks), resample)

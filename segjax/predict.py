@@ -51,7 +51,7 @@ from pycocotools import mask as coco_mask  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from segjax import cli, inference, logs, ops, trainer  # noqa: E402
-from segjax.coco_eval import coco_results  # noqa: E402
+from segjax.coco_eval import MASK_CHUNK, MASK_THRESHOLD, coco_results  # noqa: E402
 from segjax.data import base, cityscapes, coco_names, image_io  # noqa: E402
 from segjax.models import maskrcnn  # noqa: E402
 
@@ -67,11 +67,6 @@ _FLAGS = types.SimpleNamespace(
         "(the JSON keeps every detection).",
     ),
 )
-
-# Instance masks are probabilities; a pixel belongs to the mask above this (torchvision's 0.5).
-MASK_THRESHOLD = 0.5
-# Masks pasted at the image's size at once when writing outputs (memory: this many masks).
-MASK_CHUNK = 8
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]:

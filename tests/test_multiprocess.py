@@ -106,23 +106,23 @@ def folder_flags(blobs_root):
     from segjax import config as config_lib
     from segjax import data
 
-    flags = {
-        "data.name": "folder",
-        "data.root": blobs_root,
-        "data.data_dir": os.path.join(blobs_root, "tfds_multiprocess"),
-        "data.train_split": "train",
-        "data.eval_split": "val",
-        "data.mask_type": "instance",
+    dataset = {
+        "name": "folder",
+        "root": blobs_root,
+        "data_dir": os.path.join(blobs_root, "tfds_multiprocess"),
+        "train_split": "train",
+        "eval_split": "val",
+        "mask_type": "instance",
+    }
+    cfg = config_lib.base_config().data
+    cfg.update(dataset)
+    data.get_source(ml_collections.ConfigDict(cfg))
+    return {
+        **{f"data.{k}": v for k, v in dataset.items()},
         "data.crop_size": "(8,8)",
         "data.eval_pad_size": "(32,32)",
         "model.num_classes": 2,
     }
-    cfg = config_lib.base_config().data
-    for key, value in flags.items():
-        if key.startswith("data.") and key != "data.crop_size" and key != "data.eval_pad_size":
-            cfg[key[5:]] = value
-    data.get_source(ml_collections.ConfigDict(cfg))
-    return flags
 
 
 @pytest.mark.parametrize("dataset", ["shapes", "folder"])

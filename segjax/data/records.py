@@ -89,7 +89,9 @@ class RecordReader:
         shards: dict[str, _Shard] = {}
         where_file, where_record = [], []
         for fi in file_instructions:
-            shard = shards.get(fi.filename) or shards.setdefault(fi.filename, _Shard(fi.filename))
+            if fi.filename not in shards:  # a shard is indexed once, however often it appears
+                shards[fi.filename] = _Shard(fi.filename)
+            shard = shards[fi.filename]
             available = len(shard.offsets) - fi.skip
             take = available if fi.take is None or fi.take < 0 else min(fi.take, available)
             where_file.extend([fi.filename] * take)

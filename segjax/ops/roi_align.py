@@ -62,7 +62,7 @@ def _sample_coords(start, length, bins: int, grid: int) -> jax.Array:
     return start + p * bin_size + (i + 0.5) * bin_size / grid
 
 
-def _axis_taps(coords: jax.Array, size) -> tuple[jax.Array, jax.Array]:
+def axis_taps(coords: jax.Array, size) -> tuple[jax.Array, jax.Array]:
     """The two pixels each sample reads along one axis and their weights (the kernel's rules).
 
     ``coords [bins, grid]``; ``size`` is the map's extent along this axis. Returns
@@ -97,10 +97,10 @@ def _pool_roi(table, box, base, height, width, scale, size, grid, aligned):
     if not aligned:
         # The kernel forces malformed RoIs to 1×1 (in feature pixels).
         roi_w, roi_h = jnp.maximum(roi_w, 1.0), jnp.maximum(roi_h, 1.0)
-    rows, row_w = _axis_taps(_sample_coords(y1, roi_h, ph, grid), height)  # [ph, 2g]
-    cols, col_w = _axis_taps(_sample_coords(x1, roi_w, pw, grid), width)  # [pw, 2g]
+    rows, row_w = axis_taps(_sample_coords(y1, roi_h, ph, grid), height)  # [ph, 2g]
+    cols, col_w = axis_taps(_sample_coords(x1, roi_w, pw, grid), width)  # [pw, 2g]
     flat = base + rows[:, :, None, None] * width + cols[None, None, :, :]  # [ph, 2g, pw, 2g]
-    # Indices are in range by construction (_axis_taps), so XLA may skip its bounds checks.
+    # Indices are in range by construction (axis_taps), so XLA may skip its bounds checks.
     taps = table.at[flat].get(mode="promise_in_bounds").astype(jnp.float32)
     weights = row_w[:, :, None, None] * col_w[None, None, :, :]
     return jnp.sum(weights[..., None] * taps, axis=(1, 3)) / (grid * grid)

@@ -32,7 +32,7 @@ import numpy as np
 
 from segjax.models.maskrcnn import anchors as anchor_lib
 from segjax.ops import boxes as box_ops
-from segjax.ops.roi_align import _axis_taps
+from segjax.ops.roi_align import axis_taps
 
 # Match codes of torchvision's Matcher (match indices are >= 0).
 BELOW_LOW = -1
@@ -189,7 +189,7 @@ def _adaptive_axis_matrix(start, length, bins: int, max_grid: int, size, extent:
     p = jnp.arange(bins, dtype=jnp.float32)[:, None]
     i = jnp.arange(max_grid, dtype=jnp.float32)[None, :]
     coords = start + p * bin_size + (i + 0.5) * bin_size / grid  # [bins, max_grid]
-    index, weight = _axis_taps(coords, size)  # [bins, 2·max_grid], low/high taps side by side
+    index, weight = axis_taps(coords, size)  # [bins, 2·max_grid], low/high taps side by side
     used = jnp.repeat(i < grid, 2, axis=1)
     weight = jnp.where(used, weight, 0) / grid
     rows = jnp.broadcast_to(jnp.arange(bins)[:, None], index.shape)
