@@ -112,6 +112,22 @@ def inference_options(config: ml_collections.ConfigDict, f) -> inference.Inferen
     )
 
 
+# Inference flags that only the semantic path reads.
+SEMANTIC_FLAGS = ("mode", "crop", "stride", "tile_batch", "tile_size", "scales", "flip", "crf")
+
+
+def require_no_semantic_flags(model_name: str, instead: str = "") -> None:
+    """Raises ValueError naming the semantic-only inference flags given for an instance model
+    (it runs on whole images); ``instead`` names the flags that do apply."""
+    given = [f"--{name}" for name in SEMANTIC_FLAGS if flags.FLAGS[name].present]
+    if given:
+        hint = f" (use {instead})" if instead else ""
+        raise ValueError(
+            f"{', '.join(given)}: semantic-segmentation options; the instance model "
+            f"{model_name!r} predicts whole images{hint}"
+        )
+
+
 def load_model(config: ml_collections.ConfigDict, f) -> trainer.InferenceModel:
     """The model of ``--config`` restored from ``--checkpoint`` or the ``--workdir``'s latest
     (or ``--step``) checkpoint (:func:`segjax.trainer.load_for_inference`); ``f`` holds the

@@ -6,6 +6,8 @@ an optional string like ``"runlocal,variant=r101"`` parsed by :func:`parse_arg`;
 command line as ``--config configs/x.py:runlocal``.
 """
 
+import dataclasses
+
 import ml_collections
 
 from segjax import augment
@@ -160,6 +162,9 @@ def _instances_schema() -> ml_collections.ConfigDict:
 
 def _train_schema() -> ml_collections.ConfigDict:
     """``config.train``: batch, steps, loss weights, logging and checkpoint cadence."""
+    # Imported here: the data builders import this module, and the model package imports them.
+    from segjax.models.maskrcnn.losses import LossConfig
+
     train = ml_collections.ConfigDict()
     train.batch_size = 16  # global batch over all processes and devices
     train.num_steps = 1000
@@ -181,6 +186,9 @@ def _train_schema() -> ml_collections.ConfigDict:
         }
     )
     train.loss_params = _loss_params_schema()
+    # Instance models: Mask R-CNN's anchor / RoI matching and sampling (torchvision's defaults,
+    # segjax.models.maskrcnn.losses.LossConfig).
+    train.detection = ml_collections.ConfigDict(dataclasses.asdict(LossConfig()))
     train.max_nonfinite_skips = 0  # non-finite loss/grad: skip up to this many updates, then stop
     train.log_every = 50
     train.eval_every = 500  # 0 = only at the end
@@ -219,6 +227,8 @@ def _optim_schema() -> ml_collections.ConfigDict:
     optim.b1 = 0.9
     optim.b2 = 0.999
     optim.eps = 1e-8
+    optim.decay_steps = ()  # multistep: the steps after which lr is multiplied by decay_factor
+    optim.decay_factor = 0.1
     optim.weight_decay = 1e-4
     optim.clip_grad_norm = 0.0  # 0 = no clipping
     return optim

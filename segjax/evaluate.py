@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from segjax import cli, inference, input_pipeline, metrics, trainer  # noqa: E402
+from segjax import cli, inference, tasks, trainer  # noqa: E402
 from segjax import data as data_lib  # noqa: E402
 
 _FLAGS = types.SimpleNamespace(
@@ -38,24 +38,25 @@ _FLAGS = types.SimpleNamespace(
 
 
 def evaluate(config, variables, mesh, options, split, *, model=None, source=None):
-    """The :class:`segjax.trainer.EvalResult` of ``split``: the confusion matrix (int64
-    ``[C, C]``), image count and, for data with instance ids, the object-matching counts, all
-    summed over every process.
+    """The evaluation of ``split`` by the model's task (:mod:`segjax.tasks`), summed over
+    every process: for semantic models a :class:`segjax.tasks.semantic.EvalResult` (the
+    confusion matrix, image count and, for data with instance ids, the object-matching counts),
+    for instance models a :class:`segjax.tasks.instance.InstanceEvalResult` (COCO AP).
 
     Args:
       config: the run config (data, eval batch size, model).
       variables: model variables on ``mesh``.
       mesh: the device mesh (batches are split over its batch axes).
-      options: :class:`segjax.inference.InferenceOptions`.
+      options: :class:`segjax.inference.InferenceOptions` (semantic models).
       split: split name.
       model: the model (default: built from the config).
       source: the dataset (default: ``config.data``'s).
-
     """
     model = model if model is not None else trainer.create_model(config)
     source = source if source is not None else data_lib.get_source(config.data)
-    trainer.check_num_classes(config, source.info)
-    stream = input_pipeline.eval_stream(
+    trainer.check_dataset(config, source.info, model)
+    task = tasks.for_model(model)
+    stream = task.eval_stream(
         source,
         config,
         split,
@@ -63,7 +64,7 @@ def evaluate(config, variables, mesh, options, split, *, model=None, source=None
         process_count=jax.process_count(),
     )
     step = trainer.compile_eval_step(model, config, mesh, options)
-    return trainer.evaluate(step, variables, stream, mesh)
+    return task.evaluate(step, variables, stream, mesh)
 
 
 def confusion_png(cm, class_names, path: str, cell: int = 0) -> None:
@@ -134,10 +135,11 @@ def run(
     """Restores the model, evaluates ``split`` and writes the results.
 
     Returns:
-      The summary (:meth:`segjax.trainer.EvalResult.summary`: mIoU, Dice …, and the object
-      precision / recall / F1 and AJI for data with instance ids) plus ``step``, ``split``,
-      ``num_images``, ``confusion_matrix`` and the inference settings; also written to
-      ``OUTPUT/eval_<split>.json`` together with ``OUTPUT/eval_<split>_confusion.png``.
+      The task's summary plus ``step``, ``split``, ``num_images``, ``class_names``; written to
+      ``OUTPUT/eval_<split>.json``. Semantic models: mIoU, Dice … (and the object precision /
+      recall / F1 and AJI for data with instance ids), the ``confusion_matrix`` (also drawn to
+      ``OUTPUT/eval_<split>_confusion.png``) and the inference settings. Instance models: the
+      COCO statistics ``bbox/AP`` … ``segm/ARl`` (:mod:`segjax.coco_eval`), printed as a table.
     """
     options = options or inference.InferenceOptions()
     split = split or config.data.eval_split
@@ -156,7 +158,7 @@ def run(
         model=restored.model,
         source=source,
     )
-    cm, count, expected = evaluated.confusion_matrix, evaluated.num_images, info.splits[split]
+    count, expected = evaluated.num_images, info.splits[split]
     if count != expected:
         raise RuntimeError(f"evaluated {count} images of split {split!r}, expected {expected}")
     summary = evaluated.summary()
@@ -166,25 +168,36 @@ def run(
         split=split,
         num_images=count,
         checkpoint=os.path.abspath(checkpoint_dir or os.path.join(workdir, "checkpoints")),
-        inference=dataclasses.asdict(options),
         class_names=list(info.class_names),
-        confusion_matrix=cm.tolist(),
         seconds=round(time.time() - t0, 2),
     )
+    semantic = isinstance(evaluated, tasks.semantic.EvalResult)
+    if semantic:
+        result.update(
+            inference=dataclasses.asdict(options),
+            confusion_matrix=evaluated.confusion_matrix.tolist(),
+        )
     out = output_dir or workdir
     if jax.process_index() == 0:
-        print(metrics.format_table(summary, info.class_names), flush=True)
-        if evaluated.object_counts is not None:
-            print(metrics.format_object_table(summary), flush=True)
+        for table in tasks.for_model(restored.model).tables(summary, info):
+            print(table, flush=True)
         if out:
-            os.makedirs(out, exist_ok=True)
-            json_path = os.path.join(out, f"eval_{split}.json")
-            with open(json_path, "w") as f:
-                json.dump(_jsonable(result), f, indent=2)
-            png_path = os.path.join(out, f"eval_{split}_confusion.png")
-            confusion_png(cm, info.class_names, png_path)
-            print(f"wrote {json_path} and {png_path}", flush=True)
+            _write(result, evaluated if semantic else None, info, out, split)
     return result
+
+
+def _write(result: dict, semantic, info, out: str, split: str) -> None:
+    """Writes ``eval_<split>.json`` and, for a semantic result, the confusion-matrix PNG."""
+    os.makedirs(out, exist_ok=True)
+    json_path = os.path.join(out, f"eval_{split}.json")
+    with open(json_path, "w") as f:
+        json.dump(_jsonable(result), f, indent=2)
+    if semantic is None:
+        print(f"wrote {json_path}", flush=True)
+        return
+    png_path = os.path.join(out, f"eval_{split}_confusion.png")
+    confusion_png(semantic.confusion_matrix, info.class_names, png_path)
+    print(f"wrote {json_path} and {png_path}", flush=True)
 
 
 def main(argv):
@@ -199,13 +212,18 @@ def main(argv):
     cli.configure_host_devices(config, f.num_processes.value)
     cli.setup_runtime(f.coordinator.value, f.num_processes.value, f.process_id.value)
     with cli.clean_errors():
+        options = None
+        if tasks.for_model(trainer.create_model(config)).name == "instance":
+            cli.require_no_semantic_flags(config.model.name)
+        else:
+            options = cli.inference_options(config, f)
         run(
             config,
             workdir=workdir,
             checkpoint_dir=f.checkpoint.value,
             step=f.step.value,
             split=f.split.value,
-            options=cli.inference_options(config, f),
+            options=options,
             output_dir=output,
         )
 

@@ -300,3 +300,96 @@ def eval_stream(
     ds = ds.concatenate(filler).take(num_batches * host_batch)
     ds = ds.batch(host_batch, drop_remainder=True).prefetch(2)
     return EvalStream(ds, num_batches, n_local)
+
+
+# Ground-truth fields of an instance example that COCO evaluation reads (at the original size).
+INSTANCE_GT_FIELDS = ("boxes", "labels", "masks", "is_crowd", "areas")
+
+
+@dataclasses.dataclass
+class InstanceEvalStream:
+    """Evaluation batches of an instance split for one process (re-iterable).
+
+    Each batch holds the model's inputs, stacked: ``image`` float32 ``[b, H, W, 3]``
+    (resized, normalised, zero-padded), ``image_size`` and ``original_size`` int32 ``[b, 2]``
+    and ``valid`` bool ``[b]``; and per row, as lists, ``id`` and ``ground_truth``: the
+    source's instances at the original resolution (:data:`INSTANCE_GT_FIELDS` plus the
+    ``image`` uint8, for pictures), ``None`` on padding rows. The ground truth is not resized
+    or padded, so COCO AP is computed on the original images, as pycocotools does.
+
+    Attributes:
+      info: the dataset's :class:`~segjax.data.base.DatasetInfo`.
+      num_batches: batches per process (equal on all processes).
+      num_examples: real examples in this process's part.
+    """
+
+    examples: tf.data.Dataset
+    info: object
+    host_batch: int
+    pad_size: tuple[int, int]
+    num_batches: int
+    num_examples: int
+
+    def __iter__(self) -> Iterator[dict]:
+        rows = self.examples.as_numpy_iterator()
+        for _ in range(self.num_batches):
+            batch = [next(rows, None) for _ in range(self.host_batch)]
+            yield self._stack(batch)
+
+    def _stack(self, rows: list) -> dict:
+        real = [r for r in rows if r is not None]
+        filler = {
+            "image": np.zeros((*self.pad_size, 3), np.float32),
+            "image_size": np.asarray(self.pad_size, np.int32),
+            "original_size": np.asarray(self.pad_size, np.int32),
+        }
+        inputs = [r["inputs"] if r is not None else filler for r in rows]
+        batch = {k: np.stack([x[k] for x in inputs]) for k in filler}
+        batch["valid"] = np.asarray([r is not None for r in rows])
+        batch["id"] = [r["inputs"]["id"].decode() for r in real] + [""] * (len(rows) - len(real))
+        batch["ground_truth"] = [r["ground_truth"] if r is not None else None for r in rows]
+        return batch
+
+
+def instance_eval_stream(
+    source: Source,
+    config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> InstanceEvalStream:
+    """This process's evaluation batches of an instance ``split`` (:class:`InstanceEvalStream`):
+    images transformed by :func:`segjax.augment_instances.eval_transform_instances` with
+    ``config.data.instances`` (torchvision's evaluation resize), ground truth as stored."""
+    d = config.data
+    host_batch = _host_batch(config.eval.batch_size, process_count)
+    total = source.info.splits.get(split)
+    if total is None:
+        raise ValueError(
+            f"dataset {source.info.name!r} has no split {split!r}; "
+            f"splits: {', '.join(sorted(source.info.splits))}"
+        )
+    if total == 0:
+        raise ValueError(f"split {split!r} of {source.info.name!r} is empty")
+    options = augment_instances.eval_options(d)
+    pad_size = options["pad_size"] or augment_instances.default_pad_size(
+        options["max_size"], options["size_divisible"]
+    )
+    options["pad_size"] = pad_size
+
+    def transform(ex):
+        # Only the image goes through the transform (the ground truth stays at the original
+        # size), so no instance count limit applies to evaluation.
+        image_only = {**ex, **{k: ex[k][:0] for k in INSTANCE_GT_FIELDS if k in ex}}
+        inputs = augment_instances.eval_transform_instances(image_only, **options)
+        inputs = {k: inputs[k] for k in ("image", "image_size", "original_size", "id")}
+        gt = {k: ex[k] for k in (*INSTANCE_GT_FIELDS, "image") if k in ex}
+        return {"inputs": inputs, "ground_truth": gt}
+
+    base = source.as_dataset(split, process_index=process_index, process_count=process_count)
+    ds = base.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(2 * host_batch)
+    n_local = _cardinality(ds, f"part {process_index} of split {split!r}")
+    num_batches = math.ceil(math.ceil(total / process_count) / host_batch)
+    return InstanceEvalStream(ds, source.info, host_batch, tuple(pad_size), num_batches, n_local)

@@ -70,12 +70,22 @@ class MetricLogger:
         """Writes (image | ground truth | prediction) strips to TensorBoard."""
         if not self.enabled or not triples:
             return
-        for i, (image, mask, pred) in enumerate(triples):
+        strips = []
+        for image, mask, pred in triples:
             rgb = np.clip(image * np.asarray(std) + np.asarray(mean), 0, 255).astype(np.uint8)
-            strip = np.concatenate(
-                [rgb, colorize(mask, info.palette), colorize(pred, info.palette)], axis=1
+            strips.append(
+                np.concatenate(
+                    [rgb, colorize(mask, info.palette), colorize(pred, info.palette)], axis=1
+                )
             )
-            self._tb.add_image(f"predictions/{i}", strip, step, dataformats="HWC")
+        self.pictures(step, strips)
+
+    def pictures(self, step: int, pictures, tag: str = "predictions") -> None:
+        """Writes uint8 ``[H, W, 3]`` pictures to TensorBoard as ``tag/0``, ``tag/1`` …"""
+        if not self.enabled or not pictures:
+            return
+        for i, picture in enumerate(pictures):
+            self._tb.add_image(f"{tag}/{i}", picture, step, dataformats="HWC")
         self._tb.flush()
 
     def last_eval(self, split: str) -> dict | None:

@@ -37,7 +37,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import colorsys  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import types  # noqa: E402
@@ -46,11 +45,11 @@ from collections.abc import Sequence  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from PIL import Image  # noqa: E402
 from pycocotools import mask as coco_mask  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from segjax import cli, inference, logs, ops, trainer  # noqa: E402
+from segjax import cli, inference, logs, ops, trainer, visualize  # noqa: E402
 from segjax.coco_eval import MASK_CHUNK, MASK_THRESHOLD, coco_results  # noqa: E402
 from segjax.data import base, cityscapes, coco_names, image_io  # noqa: E402
 from segjax.models import maskrcnn  # noqa: E402
@@ -334,56 +333,6 @@ def image_id_for(stem: str) -> int | str:
     return stem.replace(os.sep, "/")
 
 
-def instance_colours(n: int) -> np.ndarray:
-    """``n`` distinct colours ``uint8 [n, 3]``: hues a golden-ratio turn apart, so detections
-    next to each other in score order differ clearly."""
-    hues = (np.arange(n) * 0.618034) % 1.0
-    return np.array(
-        [[round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.8, 1.0)] for h in hues], np.uint8
-    ).reshape(n, 3)
-
-
-def instance_overlay(
-    image: np.ndarray,
-    ids: np.ndarray,
-    detections: dict,
-    names: Sequence[str],
-    score_threshold: float,
-    alpha: float = 0.5,
-) -> np.ndarray:
-    """``image`` with the instances of ``ids`` blended in (opacity ``alpha``, colour k for id
-    k + 1) and every detection scoring at least ``score_threshold`` boxed and labelled
-    ``"name score"``."""
-    colours = instance_colours(len(detections["scores"]))
-    out = image.astype(np.float32)
-    fg = ids > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * colours[ids[fg].astype(np.int64) - 1]
-    canvas = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
-    selected = np.flatnonzero(detections["scores"] >= score_threshold)
-    _draw_labelled_boxes(canvas, detections, selected, colours, names)
-    return np.asarray(canvas)
-
-
-def _draw_labelled_boxes(canvas: Image.Image, detections, selected, colours, names) -> None:
-    """Draws the ``selected`` detections' boxes and ``"name score"`` tags onto ``canvas``."""
-    draw = ImageDraw.Draw(canvas)
-    side = min(canvas.size)
-    width = max(1, round(side / 250))
-    font = ImageFont.load_default(size=max(10, side // 40))
-    for k in selected[::-1]:  # the best last, so that its box and tag end on top
-        x1, y1, x2, y2 = (float(v) for v in detections["boxes"][k])
-        colour = tuple(int(c) for c in colours[k])
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
-        label = int(detections["labels"][k])
-        name = names[label] if 0 <= label < len(names) else f"class {label}"
-        text = f"{name} {detections['scores'][k]:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        # The tag sits on the box's top edge, inside the image when the box touches the top.
-        tag_y = y1 - (bottom - top) - 2 if y1 >= (bottom - top) + 2 else y1
-        draw.rectangle([x1, tag_y, x1 + right - left + 2, tag_y + bottom - top + 2], fill=colour)
-        draw.text((x1 + 1 - left, tag_y + 1 - top), text, fill=(0, 0, 0), font=font)
-
-
 def write_instances(
     image: np.ndarray,
     detections: dict,
@@ -404,7 +353,7 @@ def write_instances(
     with open(paths[0], "w") as f:
         json.dump(coco_results(detections, rles, image_id), f)
     Image.fromarray(ids).save(paths[1])  # uint16 → a 16-bit grayscale PNG
-    overlay = instance_overlay(image, ids, detections, names, score_threshold, alpha)
+    overlay = visualize.instance_overlay(image, ids, detections, names, score_threshold, alpha)
     Image.fromarray(overlay).save(paths[2])
     return paths
 
@@ -451,20 +400,6 @@ def predict_instance_files(
     return _for_each_image(inputs, process, progress)
 
 
-# Inference flags that only the semantic path reads.
-_SEMANTIC_FLAGS = ("mode", "crop", "stride", "tile_batch", "tile_size", "scales", "flip", "crf")
-
-
-def _check_no_semantic_flags(model_name: str) -> None:
-    """Raises ValueError naming the semantic-only flags given for an instance model."""
-    given = [f"--{name}" for name in _SEMANTIC_FLAGS if flags.FLAGS[name].present]
-    if given:
-        raise ValueError(
-            f"{', '.join(given)}: semantic-segmentation options; the instance model "
-            f"{model_name!r} predicts whole images (use --score_threshold, --alpha)"
-        )
-
-
 def main(argv):
     """``python -m segjax.predict``: see the module docstring."""
     f = _FLAGS
@@ -479,7 +414,7 @@ def main(argv):
         # Options are checked before the (slow) restore; building the module costs nothing.
         options = None
         if is_instance_model(trainer.create_model(config)):
-            _check_no_semantic_flags(config.model.name)
+            cli.require_no_semantic_flags(config.model.name, "--score_threshold, --alpha")
         else:
             options = cli.inference_options(config, f)
         restored = cli.load_model(config, f)

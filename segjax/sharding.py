@@ -203,6 +203,18 @@ def state_shardings(abstract_state, mesh: Mesh, rules: Sequence[Sequence[str]], 
     return jax.tree_util.tree_map_with_path(one, abstract_state)
 
 
+def local_rows(array: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in batch order (NumPy)."""
+    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+    rows, seen = [], set()
+    for shard in shards:
+        start = shard.index[0].start or 0
+        if start not in seen:  # a row block replicated over the fsdp axis appears once
+            seen.add(start)
+            rows.append(np.asarray(shard.data))
+    return np.concatenate(rows)
+
+
 def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each process's host batch into global arrays split over the batch axes."""
     sharding = batch_sharding(mesh)

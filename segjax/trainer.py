@@ -10,7 +10,6 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import einops
@@ -24,19 +23,15 @@ import optax
 
 from segjax import (
     checkpoint,
-    inference,
     input_pipeline,
     logs,
-    losses,
-    metrics,
     models,
     ops,
     optim,
     sharding,
+    tasks,
 )
 from segjax import data as data_lib
-from segjax.data.image_io import DataError
-from segjax.models.maskrcnn import MaskRCNN
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -64,21 +59,20 @@ def compute_dtype(config: ml_collections.ConfigDict):
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-    """The model of ``config.model`` in the config's compute dtype."""
-    return models.create(
+    """The model of ``config.model`` in the config's compute dtype, as its task configures it
+    (instance models resize images as ``config.data.instances`` says)."""
+    model = models.create(
         config.model.name,
         num_classes=config.model.num_classes,
         dtype=compute_dtype(config),
         **config.model.kwargs.to_dict(),
     )
+    return tasks.for_model(model).configure_model(model, config)
 
 
 def init_variables(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
-    """Model variables from a dummy batch of the training crop size."""
-    h, w = config.data.crop_size
-    dummy = jnp.zeros((1, h, w, 3), jnp.float32)
-    variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    """The model's variables ``{"params", "batch_stats"}`` as its task initialises them."""
+    return tasks.for_model(model).init_variables(model, config, rng)
 
 
 def make_init_fn(model, tx, config):
@@ -97,70 +91,31 @@ def make_init_fn(model, tx, config):
     return init
 
 
-# Batch fields the training loss reads besides the image (the rest of a batch is ignored).
-LOSS_FIELDS = ("mask", "weights")
-
-
-def _loss_fn(model, loss_fn, aux_weight, params, batch_stats, batch, rng):
-    """``(loss, new batch_stats)`` of one (micro-)batch: ``loss_fn`` (:func:`losses.build_loss`)
-    on the main head plus ``aux_weight`` times it on the auxiliary head, if the model has one.
-    ``batch["weights"]`` (the U-Net border weight map), when present, weights the pixels."""
-    variables = {"params": params}
-    mutable = []
-    if batch_stats:
-        variables["batch_stats"] = batch_stats
-        mutable = ["batch_stats"]
-    outputs, new_vars = model.apply(
-        variables, batch["image"], train=True, mutable=mutable, rngs={"dropout": rng}
-    )
-    labels, pixel_weights = batch["mask"], batch.get("weights")
-    loss, _ = loss_fn(outputs["out"], labels, pixel_weights)
-    if "aux" in outputs and aux_weight:
-        aux_loss, _ = loss_fn(outputs["aux"], labels, pixel_weights)
-        loss = loss + aux_weight * aux_loss
-    return loss, new_vars.get("batch_stats", batch_stats)
-
-
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule, config):
     """``(state, batch) → (state, metrics)`` for one optimisation step (pure; not jitted).
 
-    The batch is split into ``train.grad_accum_steps`` micro-batches whose gradients are
-    averaged. A non-finite loss, gradient or updated parameter skips the update (params,
-    optimiser state and BatchNorm statistics keep their old values) and increments
-    ``state.nonfinite``.
+    The loss is the model's task's (:mod:`segjax.tasks`). The batch is split into
+    ``train.grad_accum_steps`` micro-batches whose gradients are averaged. A non-finite loss,
+    gradient or updated parameter skips the update (params, optimiser state and BatchNorm
+    statistics keep their old values) and increments ``state.nonfinite``. The metrics are
+    ``loss``, ``grad_norm``, ``learning_rate`` and the task's loss terms.
     """
     accum = int(config.train.grad_accum_steps)
     base_rng = jax.random.key(config.seed)
+    task = tasks.for_model(model)
     # Built (and validated) here, so a bad loss config fails before anything compiles.
-    loss_fn = losses.build_loss(config.train)
-    grad_fn = jax.value_and_grad(
-        functools.partial(_loss_fn, model, loss_fn, config.train.aux_weight), has_aux=True
-    )
+    grad_fn = jax.value_and_grad(task.loss_fn(model, config), has_aux=True)
+    fields = ("image", *task.loss_fields)
 
     def step_fn(state: TrainState, batch):
         rng = jax.random.fold_in(base_rng, state.step)
-        batch = {k: v for k, v in batch.items() if k == "image" or k in LOSS_FIELDS}
+        batch = {k: v for k, v in batch.items() if k in fields}
         if accum == 1:
-            (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch, rng)
+            (loss, (batch_stats, terms)), grads = grad_fn(
+                state.params, state.batch_stats, batch, rng
+            )
         else:
-            b = batch["image"].shape[0]
-            if b % accum:
-                raise ValueError(f"batch {b} not divisible by grad_accum_steps={accum}")
-            # Row r goes to micro-batch r % k, so every device's rows are spread over all of them.
-            split = lambda x: einops.rearrange(x, "(b k) ... -> k b ...", k=accum)
-            micro = jax.tree.map(split, batch)
-
-            def body(carry, xs):
-                grads_sum, loss_sum, stats, i = carry
-                (loss, stats), grads = grad_fn(state.params, stats, xs, jax.random.fold_in(rng, i))
-                grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-                return (grads_sum, loss_sum + loss, stats, i + 1), None
-
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            init = (zeros, jnp.zeros((), jnp.float32), state.batch_stats, jnp.zeros((), jnp.int32))
-            (grads, loss, batch_stats, _), _ = jax.lax.scan(body, init, micro)
-            grads = jax.tree.map(lambda g: g / accum, grads)
-            loss = loss / accum
+            loss, batch_stats, terms, grads = _accumulate(grad_fn, state, batch, rng, accum)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -180,18 +135,50 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             "loss": loss,
             "grad_norm": grad_norm,
             "learning_rate": schedule(state.step),
+            **terms,
         }
 
     return step_fn
 
 
-def check_num_classes(config: ml_collections.ConfigDict, info) -> None:
-    """Raises ValueError when the model's class count differs from the dataset's."""
-    if info.num_classes != config.model.num_classes:
-        raise ValueError(
-            f"config.model.num_classes={config.model.num_classes} but dataset "
-            f"{info.name!r} has {info.num_classes} classes"
-        )
+def _accumulate(grad_fn, state: TrainState, batch: dict, rng, accum: int):
+    """``(loss, batch_stats, terms, grads)`` averaged over ``accum`` sequential micro-batches."""
+    b = batch["image"].shape[0]
+    if b % accum:
+        raise ValueError(f"batch {b} not divisible by grad_accum_steps={accum}")
+    # Row r goes to micro-batch r % k, so every device's rows are spread over all of them.
+    split = lambda x: einops.rearrange(x, "(b k) ... -> k b ...", k=accum)
+    micro = jax.tree.map(split, batch)
+    first = jax.tree.map(lambda x: x[0], micro)
+    terms_shape = jax.eval_shape(grad_fn, state.params, state.batch_stats, first, rng)[0][1][1]
+
+    def body(carry, xs):
+        grads_sum, loss_sum, terms_sum, stats, i = carry
+        (loss, (stats, terms)), grads = grad_fn(state.params, stats, xs, jax.random.fold_in(rng, i))
+        grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        terms_sum = jax.tree.map(jnp.add, terms_sum, terms)
+        return (grads_sum, loss_sum + loss, terms_sum, stats, i + 1), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    zero_terms = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), terms_shape)
+    init = (
+        zeros,
+        jnp.zeros((), jnp.float32),
+        zero_terms,
+        state.batch_stats,
+        jnp.zeros((), jnp.int32),
+    )
+    (grads, loss, terms, batch_stats, _), _ = jax.lax.scan(body, init, micro)
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    terms = jax.tree.map(lambda t: t / accum, terms)
+    return loss / accum, batch_stats, terms, grads
+
+
+def check_dataset(config: ml_collections.ConfigDict, info, model: nn.Module | None = None) -> None:
+    """Raises ValueError when the dataset does not fit the model (its task's check: class
+    count, semantic or instance data)."""
+    model = model if model is not None else create_model(config)
+    tasks.for_model(model).check_dataset(config, info)
 
 
 def variables_of(state: TrainState) -> dict:
@@ -260,133 +247,18 @@ def load_for_inference(
     return InferenceModel(model, variables, step, mesh)
 
 
-def make_eval_step(
-    model: nn.Module, num_classes: int, options=None, *, mean=None, std=None
-) -> Callable:
-    """``(variables, batch) → (confusion matrix [C, C], predictions [B, H, W], num_valid)``.
-
-    Pure; predictions follow ``options`` (:class:`segjax.inference.InferenceOptions`, default
-    whole-image). Rows of padding examples (``batch["valid"]`` false) count nowhere.
-    """
-    predictor = inference.make_predictor(
-        model, options or inference.InferenceOptions(), mean=mean, std=std
-    )
-
-    def eval_fn(variables, batch):
-        scores = predictor(variables, batch["image"])
-        preds = jnp.argmax(scores, axis=-1).astype(jnp.int32)
-        valid = batch["valid"]
-        # Padding examples are all-ignore already; the mask makes this explicit.
-        labels = jnp.where(valid[:, None, None], batch["mask"], metrics.IGNORE_INDEX)
-        return metrics.confusion_matrix(labels, preds, num_classes), preds, valid.sum()
-
-    return eval_fn
-
-
 def compile_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh, options=None):
-    """The jitted :func:`make_eval_step` of ``config`` — the one used by in-training evaluation
-    and by ``segjax.evaluate``, so both trace the same convolution path (:func:`segjax.ops.jit`)."""
-    step = make_eval_step(
-        model,
-        config.model.num_classes,
-        options,
-        mean=tuple(config.data.mean),
-        std=tuple(config.data.std),
-    )
-    repl = sharding.replicated(mesh)
-    return ops.jit(step, config, out_shardings=(repl, sharding.batch_sharding(mesh), repl))
+    """The jitted eval step of ``model``'s task (:mod:`segjax.tasks`) — the one used by
+    in-training evaluation and by ``segjax.evaluate``, so both trace the same convolution path
+    (:func:`segjax.ops.jit`)."""
+    return tasks.for_model(model).compile_eval_step(model, config, mesh, options)
 
 
-@dataclasses.dataclass
-class EvalResult:
-    """What :func:`evaluate` returns.
-
-    Attributes:
-      confusion_matrix: int64 ``[C, C]`` summed over every process's images.
-      num_images: real (not padding) images counted, over all processes.
-      examples: up to ``keep_preds`` local ``(image, mask, prediction)`` triples.
-      object_counts: for data with instance ids, the object-matching counts
-        (:func:`segjax.metrics.object_match_counts`) summed over every image of every
-        process; ``None`` otherwise.
-    """
-
-    confusion_matrix: np.ndarray
-    num_images: int
-    examples: list
-    object_counts: np.ndarray | None = None
-
-    def summary(self) -> dict:
-        """:func:`segjax.metrics.summarize` of the confusion matrix, plus the object-level
-        metrics (:func:`segjax.metrics.summarize_objects`) when there are instance ids."""
-        summary = metrics.summarize(self.confusion_matrix)
-        if self.object_counts is not None:
-            summary.update(metrics.summarize_objects(self.object_counts))
-        return summary
-
-
-def _local_rows(array: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded global array, in batch order."""
-    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
-    return np.concatenate([np.asarray(s.data) for s in shards])
-
-
-def _object_counts(batch: dict, preds: np.ndarray) -> np.ndarray:
-    """Object-matching counts of this process's real images of ``batch`` (host side)."""
-    counts = []
-    for i in np.flatnonzero(batch["valid"]):
-        try:
-            counts.append(
-                metrics.object_match_counts(preds[i], batch["instances"][i], batch["mask"][i])
-            )
-        except ValueError as e:  # name the image: the metric cannot know it
-            raise DataError(f"evaluation image {batch['id'][i]!r}: {e}") from None
-    return np.sum(counts, axis=0) if counts else None
-
-
-def _sum_over_processes(counts: np.ndarray) -> np.ndarray:
-    """Non-negative int64 ``counts`` summed over every process (each holds its own images')."""
-    counts = np.asarray(counts, np.int64)
-    if jax.process_count() == 1:
-        return counts
-    from jax.experimental import multihost_utils
-
-    # JAX gathers in int32 without x64, and pixel counts pass 2**31 on large splits: gather
-    # 31-bit halves and recombine on the host.
-    halves = np.stack([counts >> 31, counts & (2**31 - 1)]).astype(np.int32)
-    gathered = np.asarray(multihost_utils.process_allgather(halves), np.int64).sum(axis=0)
-    return (gathered[0] << 31) + gathered[1]
-
-
-def evaluate(eval_step, variables, stream, mesh, keep_preds: int = 0) -> EvalResult:
-    """Runs ``eval_step`` (:func:`compile_eval_step`) over every batch of ``stream``.
-
-    The one evaluation loop, used by training and by ``segjax.evaluate``. Every process feeds
-    its part of the split (:func:`segjax.input_pipeline.eval_stream`, padded and masked), so each
-    image is counted exactly once on any number of hosts. Batches with ``"instances"`` (instance
-    ids) are also scored object by object on the host.
-    """
-    cm, count, kept, objects = None, 0, [], None
-    for batch in stream:
-        device_batch = {k: batch[k] for k in ("image", "mask", "valid")}
-        step_cm, preds, n = eval_step(variables, sharding.host_to_global(device_batch, mesh))
-        step_cm = np.asarray(jax.device_get(step_cm), np.int64)
-        cm = step_cm if cm is None else cm + step_cm
-        count += int(jax.device_get(n))
-        local = _local_rows(preds) if len(kept) < keep_preds or "instances" in batch else None
-        if "instances" in batch:
-            step_objects = _object_counts(batch, local)
-            if step_objects is not None:
-                objects = step_objects if objects is None else objects + step_objects
-        if len(kept) < keep_preds:
-            for i in np.flatnonzero(batch["valid"])[: keep_preds - len(kept)]:
-                kept.append((batch["image"][i], batch["mask"][i], local[i]))
-    if cm is None:
-        raise ValueError("evaluate: the evaluation stream is empty")
-    if "instances" in batch:
-        # Every process reaches this (same number of batches), even one without real images.
-        zeros = np.zeros(len(metrics.OBJECT_COUNT_FIELDS), np.int64)
-        objects = _sum_over_processes(zeros if objects is None else objects)
-    return EvalResult(cm, count, kept, objects)
+def evaluate(eval_step, variables, stream, mesh, keep_preds: int = 0, *, model: nn.Module):
+    """The one evaluation loop of ``model``'s task over ``stream`` (its ``eval_stream``): the
+    task's result (``summary()``, ``num_images``, ``examples``), every image of the split
+    counted once on any number of processes."""
+    return tasks.for_model(model).evaluate(eval_step, variables, stream, mesh, keep_preds)
 
 
 class Trainer:
@@ -396,7 +268,10 @@ class Trainer:
         self.config = config
         self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
         self.model = create_model(config)
-        self.tx, self.schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+        self.task = tasks.for_model(self.model)
+        self.tx, self.schedule = optim.make_optimizer(
+            config.optim, config.train.num_steps, self.task.trainable(self.model)
+        )
         init_fn = make_init_fn(self.model, self.tx, config)
         rng = jax.random.key(config.seed)
         self.abstract_state = jax.eval_shape(init_fn, rng)
@@ -446,9 +321,11 @@ class Trainer:
         """The abstract state with shardings attached (the restore target)."""
         return _with_shardings(self.abstract_state, self.state_shardings)
 
-    def evaluate(self, state: TrainState, stream, keep_preds: int = 0) -> EvalResult:
-        """:func:`evaluate` of ``state``'s variables with this run's compiled eval step."""
-        return evaluate(self.eval_step, variables_of(state), stream, self.mesh, keep_preds)
+    def evaluate(self, state: TrainState, stream, keep_preds: int = 0):
+        """The task's evaluation of ``state``'s variables with this run's compiled eval step."""
+        return self.task.evaluate(
+            self.eval_step, variables_of(state), stream, self.mesh, keep_preds
+        )
 
 
 class _StopSignal:
@@ -493,22 +370,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run of ``config`` in ``workdir`` and evaluates it.
 
     Returns:
-      The last evaluation summary (see :func:`segjax.metrics.summarize`), with ``step``; or
+      The last evaluation summary (the task's: :func:`segjax.metrics.summarize` for semantic
+      models, the COCO statistics for instance models), with ``step``; or
       ``{"step": s, "preempted": True}`` when SIGTERM stopped the run (checkpoint saved).
 
     Raises:
       NonFiniteError: more non-finite updates than ``train.max_nonfinite_skips``.
       checkpoint.CheckpointMismatchError: the workdir's checkpoint does not fit the model.
-      ValueError: an instance model (Mask R-CNN), which this loop does not train yet.
+      ValueError: the dataset does not fit the model (classes, semantic vs instance data).
     """
-    if issubclass(type(create_model(config)), MaskRCNN):
-        raise ValueError(
-            f"config.model.name={config.model.name!r} is an instance model; segjax.train does "
-            "not train instance models yet (inference: python -m segjax.predict)"
-        )
     os.makedirs(workdir, exist_ok=True)
     source = data_lib.get_source(config.data)
-    check_num_classes(config, source.info)
+    check_dataset(config, source.info)
     training = _TrainingRun(config, workdir, source)
     try:
         return training.execute()
@@ -528,7 +401,7 @@ class _TrainingRun:
         self.manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
         self.source = source
         self.split = config.data.eval_split
-        self.eval_stream = input_pipeline.eval_stream(
+        self.eval_stream = self.trainer.task.eval_stream(
             source,
             config,
             self.split,
@@ -561,17 +434,10 @@ class _TrainingRun:
         )
         summary = result.summary()
         self.logger.write(step, summary, split=self.split)
-        self.logger.images(
-            step, result.examples, self.info, self.config.data.mean, self.config.data.std
-        )
-        objects = (
-            f" object F1@0.5 {100 * summary['object_f1']:.2f} AJI {100 * summary['aji']:.2f}"
-            if result.object_counts is not None
-            else ""
-        )
+        self.trainer.task.write_images(self.logger, step, result.examples, self.info, self.config)
         logs.info(
-            f"eval {self.split} at step {step}: mIoU {100 * summary['miou']:.2f} "
-            f"pixel acc {100 * summary['pixel_accuracy']:.2f}{objects} ({time.time() - t0:.1f}s)"
+            f"eval {self.split} at step {step}: {self.trainer.task.log_line(summary)} "
+            f"({time.time() - t0:.1f}s)"
         )
         return summary
 
@@ -603,9 +469,8 @@ class _TrainingRun:
         )
         summary = self.evaluate(state, step)
         if self.is_main:
-            print(metrics.format_table(summary, self.info.class_names), flush=True)
-            if "object_f1" in summary:
-                print(metrics.format_object_table(summary), flush=True)
+            for table in self.trainer.task.tables(summary, self.info):
+                print(table, flush=True)
         return dict(summary, step=step)
 
     def train(self, state: TrainState, start: int, num_steps: int):
@@ -620,17 +485,22 @@ class _TrainingRun:
         )
         progress = logs.Progress(start, num_steps, cfg.batch_size)
         guard = _NonFiniteGuard(start, int(jax.device_get(state.nonfinite)), cfg)
-        pending, step = [], start
+        fields = ("image", *self.trainer.task.loss_fields)
+        pending, step, dropped = [], start, 0
         with _StopSignal() as stop:
             while step < num_steps:
-                batch = sharding.host_to_global(next(batches), self.trainer.mesh)
+                host_batch = next(batches)
+                # Instances beyond data.instances.max_instances (overflow="drop_smallest").
+                dropped += int(np.sum(host_batch.get("num_dropped", 0)))
+                host_batch = {k: v for k, v in host_batch.items() if k in fields}
+                batch = sharding.host_to_global(host_batch, self.trainer.mesh)
                 state, step_metrics = self.trainer.train_step(state, batch)
                 step += 1
                 pending.append(step_metrics)
                 if step % cfg.log_every == 0 or step == num_steps:
                     guard.check(state, step)
-                    self.log_train(step, jax.device_get(pending), progress)
-                    pending = []
+                    self.log_train(step, jax.device_get(pending), progress, dropped)
+                    pending, dropped = [], 0
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < num_steps:
                     self.evaluate(state, step)
                 saved = step % cfg.checkpoint_every == 0 or step == num_steps
@@ -642,18 +512,32 @@ class _TrainingRun:
                     return state, step, True
         return state, step, False
 
-    def log_train(self, step: int, fetched: list, progress: logs.Progress) -> None:
-        """Writes the mean finite loss since the last log line, grad norm and learning rate."""
-        losses_ = [float(m["loss"]) for m in fetched]
-        finite = [v for v in losses_ if math.isfinite(v)]
-        row = {
-            "loss": float(np.mean(finite)) if finite else float("nan"),
-            "grad_norm": float(fetched[-1]["grad_norm"]),
-            "learning_rate": float(fetched[-1]["learning_rate"]),
-        }
+    def log_train(
+        self, step: int, fetched: list, progress: logs.Progress, dropped: int = 0
+    ) -> None:
+        """Writes the mean finite loss (and loss terms) since the last log line, grad norm and
+        learning rate; ``dropped``: instances this process dropped over the maximum since."""
+        row = {k: _finite_mean([m[k] for m in fetched]) for k in fetched[-1] if k not in _LAST}
+        row.update({k: float(fetched[-1][k]) for k in _LAST})
         row.update(progress.update(step))
         self.logger.write(step, row)
         logs.info(progress.line(step, row["loss"]))
+        if dropped:
+            logs.info(
+                f"dropped the {dropped} smallest instance(s) of images with more than "
+                f"data.instances.max_instances={self.config.data.instances.max_instances} "
+                "since the last log line (data.instances.overflow='drop_smallest')"
+            )
+
+
+# Train metrics logged at their last value (the others are averaged since the last log line).
+_LAST = ("grad_norm", "learning_rate")
+
+
+def _finite_mean(values) -> float:
+    """The mean of the finite ``values`` (NaN when none is)."""
+    finite = [float(v) for v in values if math.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 class _NonFiniteGuard:

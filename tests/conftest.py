@@ -90,3 +90,38 @@ def cells_config(blobs_root):
     config.train.loss.dice = 1.0
     config.eval.batch_size = 8  # the 8 test devices
     return config
+
+
+@pytest.fixture(scope="session")
+def instance_shapes_data_dir(tmp_path_factory):
+    """A TFDS data_dir with the built-in ``instance_shapes`` (tiny) prepared once per session."""
+    from segjax.data import instance_shapes
+
+    data_dir = str(tmp_path_factory.mktemp("tfds_instances"))
+    cfg = _base_data_config()
+    cfg.data_dir, cfg.config_name = data_dir, "tiny"
+    instance_shapes.load(cfg)
+    return data_dir
+
+
+def _base_data_config():
+    from segjax import config as config_lib
+
+    return config_lib.base_config().data
+
+
+@pytest.fixture
+def instance_config(instance_shapes_data_dir):
+    """The instance quickstart's runlocal config (maskrcnn_tiny on tiny instance_shapes at
+    64×64) on the session's data, unlocked for edits."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "configs" / "maskrcnn_quickstart.py"
+    spec = importlib.util.spec_from_file_location("maskrcnn_quickstart_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("runlocal")
+    config.data.data_dir = instance_shapes_data_dir
+    config.conv_impl = "xla"  # compile time; the matmul forms are tested in test_ops_conv
+    return config

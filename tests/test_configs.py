@@ -54,12 +54,14 @@ def test_config_builds(path, variant):
         extra = _keys(config) - schema
         assert not extra, f"{path.name}:{arg} adds keys outside the schema: {sorted(extra)}"
         model = trainer.create_model(config)
-        tx, _ = optim.make_optimizer(config.optim, config.train.num_steps)
+        task = trainer.tasks.for_model(model)
+        tx, _ = optim.make_optimizer(config.optim, config.train.num_steps, task.trainable(model))
         state = jax.eval_shape(trainer.make_init_fn(model, tx, config), jax.random.key(0))
         assert jax.tree.leaves(state.params)
         assert config.train.batch_size % config.train.grad_accum_steps == 0
         if extra_arg == "runlocal":
-            assert config.data.name == "shapes", f"{path.name}:{arg} must use the shapes data"
+            builtin = "instance_shapes" if config.model.name.startswith("maskrcnn") else "shapes"
+            assert config.data.name == builtin, f"{path.name}:{arg} must use the {builtin} data"
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIG_FILES if hasattr(_load(p), "VARIANTS")])

@@ -21,7 +21,7 @@ from absl import flags
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from segjax import checkpoint, inference, models, predict, trainer
+from segjax import checkpoint, cli, inference, models, predict, trainer
 from segjax.data import coco_names
 from segjax.data.image_io import DataError
 from segjax.models import maskrcnn
@@ -335,11 +335,11 @@ def test_predict_files_takes_instance_models_and_refuses_semantic_options(run):
 
 
 def test_semantic_flags_are_refused_for_an_instance_model(monkeypatch):
-    predict._check_no_semantic_flags("maskrcnn_tiny")  # none given
+    cli.require_no_semantic_flags("maskrcnn_tiny")  # none given
     monkeypatch.setattr(flags.FLAGS["flip"], "present", 1)
     monkeypatch.setattr(flags.FLAGS["scales"], "present", 1)
     with pytest.raises(ValueError, match=r"^--scales, --flip: semantic-segmentation options"):
-        predict._check_no_semantic_flags("maskrcnn_tiny")
+        cli.require_no_semantic_flags("maskrcnn_tiny")
 
 
 def test_cli_restores_the_instance_model_and_reports_bad_inputs_by_name(run, tmp_path):

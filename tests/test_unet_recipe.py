@@ -116,7 +116,8 @@ def test_augmented_weight_map_is_the_map_of_the_augmented_instances(elastic_sigm
         assert np.corrcoef(weights[inside], recomputed[inside])[0, 1] > 0.95
 
 
-def test_training_an_instance_model_is_refused_with_one_line(tiny_config, tmp_path):
+def test_instance_model_on_semantic_data_is_refused_with_one_line(tiny_config, tmp_path):
     tiny_config.model.name = "maskrcnn_tiny"
-    with pytest.raises(ValueError, match=r"^config\.model\.name='maskrcnn_tiny' is an instance"):
+    expected = r"^config\.model\.name='maskrcnn_tiny' is an instance model but dataset 'shapes'"
+    with pytest.raises(ValueError, match=expected):
         trainer.run(tiny_config, str(tmp_path / "run"))

@@ -10,6 +10,7 @@ from segjax.models.maskrcnn.inference import inference_fn, predict_images
 from segjax.models.maskrcnn.model import (
     MaskRCNN,
     maskrcnn_resnet50_fpn,
+    maskrcnn_small,
     maskrcnn_tiny,
     trainable_mask,
 )
@@ -17,6 +18,7 @@ from segjax.models.maskrcnn.transform import ImageTransform, paste_masks
 
 MODELS = {
     "maskrcnn_resnet50_fpn": maskrcnn_resnet50_fpn,
+    "maskrcnn_small": maskrcnn_small,
     "maskrcnn_tiny": maskrcnn_tiny,
 }
 
@@ -26,6 +28,7 @@ __all__ = [
     "MaskRCNN",
     "inference_fn",
     "maskrcnn_resnet50_fpn",
+    "maskrcnn_small",
     "maskrcnn_tiny",
     "paste_masks",
     "predict_images",

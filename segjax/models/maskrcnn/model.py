@@ -349,6 +349,29 @@ TINY_KWARGS = {
 }
 
 
+# A small variant that learns the built-in instance_shapes on a CPU in minutes (the instance
+# quickstart): narrow, one block per stage, every layer trained (it starts from scratch).
+SMALL_KWARGS = {
+    "width": 16,
+    "stage_blocks": (1, 1, 1, 1),
+    "fpn_channels": 64,
+    "representation_size": 256,
+    "mask_layers": (64, 64, 64, 64),
+    "mask_dim_reduced": 64,
+    "trainable_layers": 5,
+    "rpn_train": rpn.ProposalConfig(pre_nms_top_n=300, post_nms_top_n=150),
+    "rpn_test": rpn.ProposalConfig(pre_nms_top_n=150, post_nms_top_n=100),
+    "detection": postprocess.DetectionConfig(detections_per_img=50),
+    "transform": ImageTransform(min_size=128, max_size=128),
+}
+
+
+def maskrcnn_small(*, num_classes: int = 4, **kwargs) -> MaskRCNN:
+    """Small Mask R-CNN trained from scratch (ResNet width 16, one block per stage, 64-channel
+    FPN, all layers trainable): the instance quickstart's model."""
+    return MaskRCNN(num_classes=num_classes, **{**SMALL_KWARGS, **kwargs})
+
+
 def maskrcnn_tiny(*, num_classes: int = 5, **kwargs) -> MaskRCNN:
     """Tiny Mask R-CNN for tests (ResNet width 8, one block per stage, 16-channel FPN)."""
     return MaskRCNN(num_classes=num_classes, **{**TINY_KWARGS, **kwargs})
