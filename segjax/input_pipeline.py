@@ -243,6 +243,26 @@ class EvalStream:
         return self.batches.as_numpy_iterator()
 
 
+def _eval_batches(source: Source, split: str, batch_size: int, process_count: int):
+    """``(host batch, batches per process)`` to evaluate ``split``: every process runs as many
+    batches as the largest part needs (the others pad), so collectives stay in step.
+
+    Raises:
+      ValueError: the dataset has no split ``split`` (the message lists its splits), or it is
+        empty.
+    """
+    host_batch = _host_batch(batch_size, process_count)
+    total = source.info.splits.get(split)
+    if total is None:
+        raise ValueError(
+            f"dataset {source.info.name!r} has no split {split!r}; "
+            f"splits: {', '.join(sorted(source.info.splits))}"
+        )
+    if total == 0:
+        raise ValueError(f"split {split!r} of {source.info.name!r} is empty")
+    return host_batch, math.ceil(math.ceil(total / process_count) / host_batch)
+
+
 def eval_stream(
     source: Source,
     config: ml_collections.ConfigDict,
@@ -255,15 +275,7 @@ def eval_stream(
     "mask", "valid"}`` plus ``"instances"`` (int32 instance ids, 0 on padding) when the source
     has instance ids."""
     d = config.data
-    host_batch = _host_batch(config.eval.batch_size, process_count)
-    total = source.info.splits.get(split)
-    if total is None:
-        raise ValueError(
-            f"dataset {source.info.name!r} has no split {split!r}; "
-            f"splits: {', '.join(sorted(source.info.splits))}"
-        )
-    if total == 0:
-        raise ValueError(f"split {split!r} of {source.info.name!r} is empty")
+    host_batch, num_batches = _eval_batches(source, split, config.eval.batch_size, process_count)
     base = source.as_dataset(split, process_index=process_index, process_count=process_count)
     num_classes = source.info.num_classes
     pad_size = tuple(d.eval_pad_size)
@@ -285,8 +297,6 @@ def eval_stream(
     if d.cache:
         ds = ds.cache()
     n_local = _cardinality(ds, f"part {process_index} of split {split!r}")
-    per_process_max = math.ceil(total / process_count)
-    num_batches = math.ceil(per_process_max / host_batch)
     filler = {
         "image": tf.zeros(pad_size + (3,), tf.float32),
         "mask": tf.fill(pad_size, tf.constant(IGNORE_INDEX, tf.uint8)),
@@ -363,15 +373,7 @@ def instance_eval_stream(
     images transformed by :func:`segjax.augment_instances.eval_transform_instances` with
     ``config.data.instances`` (torchvision's evaluation resize), ground truth as stored."""
     d = config.data
-    host_batch = _host_batch(config.eval.batch_size, process_count)
-    total = source.info.splits.get(split)
-    if total is None:
-        raise ValueError(
-            f"dataset {source.info.name!r} has no split {split!r}; "
-            f"splits: {', '.join(sorted(source.info.splits))}"
-        )
-    if total == 0:
-        raise ValueError(f"split {split!r} of {source.info.name!r} is empty")
+    host_batch, num_batches = _eval_batches(source, split, config.eval.batch_size, process_count)
     options = augment_instances.eval_options(d)
     pad_size = options["pad_size"] or augment_instances.default_pad_size(
         options["max_size"], options["size_divisible"]
@@ -391,5 +393,4 @@ def instance_eval_stream(
     ds = base.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(2 * host_batch)
     n_local = _cardinality(ds, f"part {process_index} of split {split!r}")
-    num_batches = math.ceil(math.ceil(total / process_count) / host_batch)
     return InstanceEvalStream(ds, source.info, host_batch, tuple(pad_size), num_batches, n_local)

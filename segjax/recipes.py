@@ -153,6 +153,12 @@ def runlocal(c: ml_collections.ConfigDict, model_name: str = "", **model_kwargs)
     c.data.eval_pad_size = (64, 64)
     c.data.photometric = False
     c.data.cat_max_ratio = 1.0
+    _smoke_test_schedule(c)
+
+
+def _smoke_test_schedule(c: ml_collections.ConfigDict) -> None:
+    """The runlocal recipes' loop: 4 steps of batch 8, logged and checkpointed every 2, one
+    evaluation at the end."""
     c.train.num_steps = 4
     c.train.log_every = 2
     c.train.eval_every = 0
@@ -244,9 +250,4 @@ def runlocal_instances(c: ml_collections.ConfigDict, model_name: str = "maskrcnn
     c.optim.schedule = "constant" if c.optim.schedule == "multistep" else c.optim.schedule
     c.optim.decay_steps = ()
     c.optim.warmup_steps = 0
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.eval_every = 0
-    c.train.checkpoint_every = 2
-    c.train.batch_size = 8
-    c.eval.batch_size = 8
+    _smoke_test_schedule(c)

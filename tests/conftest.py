@@ -33,14 +33,9 @@ def shapes_data_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_config(shapes_data_dir):
     """The quickstart's runlocal config on the session's shapes data, unlocked for edits."""
-    import importlib.util
-    import pathlib
+    from tests.helpers import load_config
 
-    path = pathlib.Path(__file__).parent.parent / "configs" / "quickstart.py"
-    spec = importlib.util.spec_from_file_location("quickstart_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("runlocal")
+    config = load_config("quickstart.py")
     config.data.data_dir = shapes_data_dir
     config.data.config_name = "tiny"
     config.data.crop_size = (32, 32)
@@ -66,14 +61,9 @@ def blobs_root(tmp_path_factory):
 def cells_config(blobs_root):
     """The quickstart's runlocal config on :func:`blobs_root` as instance data, with the U-Net
     border weight map, elastic deformation and a CE + Dice loss on; unlocked for edits."""
-    import importlib.util
-    import pathlib
+    from tests.helpers import load_config
 
-    path = pathlib.Path(__file__).parent.parent / "configs" / "quickstart.py"
-    spec = importlib.util.spec_from_file_location("quickstart_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("runlocal")
+    config = load_config("quickstart.py")
     config.model.num_classes = 2
     config.model.kwargs.depth = 2
     config.data.name = "folder"
@@ -114,14 +104,9 @@ def _base_data_config():
 def instance_config(instance_shapes_data_dir):
     """The instance quickstart's runlocal config (maskrcnn_tiny on tiny instance_shapes at
     64×64) on the session's data, unlocked for edits."""
-    import importlib.util
-    import pathlib
+    from tests.helpers import load_config
 
-    path = pathlib.Path(__file__).parent.parent / "configs" / "maskrcnn_quickstart.py"
-    spec = importlib.util.spec_from_file_location("maskrcnn_quickstart_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("runlocal")
+    config = load_config("maskrcnn_quickstart.py")
     config.data.data_dir = instance_shapes_data_dir
     config.conv_impl = "xla"  # compile time; the matmul forms are tested in test_ops_conv
     return config

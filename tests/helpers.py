@@ -1,10 +1,13 @@
-"""Helpers shared by the model tests: variables and counts without compiling ``init``.
+"""Helpers shared by the tests: variables and counts without compiling ``init``, and the
+repository's config files.
 
 Compiling a model's ``init`` (hundreds of random initialisers) costs far more CPU time than the
 tests themselves, so the tests take shapes from ``jax.eval_shape`` and fill them from NumPy.
 """
 
 import functools
+import importlib.util
+import pathlib
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -12,6 +15,8 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
+
+CONFIG_DIR = pathlib.Path(__file__).parent.parent / "configs"
 
 
 def _example(value):
@@ -104,3 +109,16 @@ def assert_bitwise_equal(actual, expected) -> None:
     for (path, a), b in zip(flat_a, jax.tree.leaves(expected), strict=True):
         name = jax.tree_util.keystr(path)
         assert a.dtype == b.dtype and np.array_equal(a, b), f"{name} differs"
+
+
+def config_module(path: pathlib.Path):
+    """The config file at ``path`` as a module (its ``get_config``), loaded afresh."""
+    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config(file_name: str, arg: str | None = "runlocal"):
+    """``get_config(arg)`` of ``configs/<file_name>`` (default: its smoke-test variant)."""
+    return config_module(CONFIG_DIR / file_name).get_config(arg)

@@ -2,24 +2,14 @@
 loads, uses only schema keys, and its model initialises (abstractly, with jax.eval_shape, so
 full-size models cost no compile)."""
 
-import importlib.util
-import pathlib
-
 import jax
 import pytest
 
 from segjax import optim, recipes, trainer
 from segjax.config import base_config, parse_arg
+from tests.helpers import CONFIG_DIR, config_module
 
-CONFIG_DIR = pathlib.Path(__file__).parent.parent / "configs"
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
-
-
-def _load(path):
-    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _keys(cfg, prefix=""):
@@ -35,13 +25,13 @@ def _keys(cfg, prefix=""):
 def _file_variants():
     """(config file, variant) for every variant a file lists in ``VARIANTS`` (None: it has none)."""
     for path in CONFIG_FILES:
-        for variant in getattr(_load(path), "VARIANTS", (None,)):
+        for variant in getattr(config_module(path), "VARIANTS", (None,)):
             yield pytest.param(path, variant, id=path.stem + (f":{variant}" if variant else ""))
 
 
 @pytest.mark.parametrize("path, variant", _file_variants())
 def test_config_builds(path, variant):
-    module = _load(path)
+    module = config_module(path)
     command = f"--config configs/{path.name}" + (f":variant={variant}" if variant else "")
     assert module.__doc__ and "python -m segjax.train" in module.__doc__, (
         f"{path.name}: the docstring must show the run command"
@@ -64,9 +54,9 @@ def test_config_builds(path, variant):
             assert config.data.name == builtin, f"{path.name}:{arg} must use the {builtin} data"
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if hasattr(_load(p), "VARIANTS")])
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if hasattr(config_module(p), "VARIANTS")])
 def test_default_variant_is_listed_first_and_unknown_ones_are_refused(path):
-    module = _load(path)
+    module = config_module(path)
     default = module.get_config(None).to_dict()
     assert default == module.get_config(f"variant={module.VARIANTS[0]}").to_dict()
     with pytest.raises(ValueError, match="unknown variant='nope'.*" + ", ".join(module.VARIANTS)):

@@ -11,19 +11,13 @@ from PIL import Image
 
 from segjax import checkpoint, evaluate, inference, input_pipeline, sharding, trainer
 from segjax import data as data_lib
+from tests.helpers import load_config
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, shapes_data_dir):
     """A 4-step quickstart-style run (its final evaluation is logged in metrics.jsonl)."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).parent.parent / "configs" / "quickstart.py"
-    spec = importlib.util.spec_from_file_location("quickstart_config_eval", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("runlocal")
+    config = load_config("quickstart.py")
     config.data.data_dir = shapes_data_dir
     config.data.config_name = "tiny"
     config.data.crop_size = (32, 32)

@@ -1,6 +1,5 @@
 """segjax.export: the serialized model reloads and matches the live model on any image size."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from segjax import checkpoint, export, models, trainer
-from tests.helpers import random_variables
+from tests.helpers import load_config, random_variables
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -47,10 +46,7 @@ def test_uint8_input_and_probabilities(tmp_path):
 
 
 def test_cli_writes_model_and_metadata(tmp_path):
-    spec = importlib.util.spec_from_file_location("qs_export", ROOT / "configs" / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("runlocal")
+    config = load_config("quickstart.py")
     model = trainer.create_model(config)
     variables = random_variables(model, (1, 32, 32, 3))
     checkpoint.save_variables(str(tmp_path / "vars"), variables)

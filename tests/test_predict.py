@@ -1,6 +1,5 @@
 """segjax.predict: a folder of mixed images in, three PNGs per image out; bad files reported."""
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -11,19 +10,13 @@ import pytest
 from PIL import Image
 
 from segjax import checkpoint, predict, trainer
-from tests.helpers import random_variables
+from tests.helpers import load_config, random_variables
 
 ROOT = pathlib.Path(__file__).parent.parent
 
 
 def _config():
-    spec = importlib.util.spec_from_file_location(
-        "quickstart_predict", ROOT / "configs/quickstart.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("runlocal")
-    return config
+    return load_config("quickstart.py")
 
 
 @pytest.fixture(scope="module")

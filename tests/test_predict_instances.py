@@ -7,7 +7,6 @@ are independent of segjax.predict: images decoded with PIL, the model run throug
 instance map painted detection by detection.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -25,7 +24,7 @@ from segjax import checkpoint, cli, inference, models, predict, trainer
 from segjax.data import coco_names
 from segjax.data.image_io import DataError
 from segjax.models import maskrcnn
-from tests.helpers import random_variables
+from tests.helpers import load_config, random_variables
 
 ROOT = pathlib.Path(__file__).parent.parent
 CONFIG = "configs/maskrcnn_resnet50_fpn_coco.py"
@@ -43,10 +42,7 @@ THRESHOLD = 0.6
 
 
 def _config():
-    spec = importlib.util.spec_from_file_location("maskrcnn_coco_config", ROOT / CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("runlocal")
+    config = load_config(pathlib.Path(CONFIG).name)
     # XLA's own convolutions: this is about the outputs; segjax.ops' matmul forms only add
     # compile time here (they are tested in test_ops_conv).
     config.conv_impl = "xla"
