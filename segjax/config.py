@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = _optim_schema()
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 16
+    # What computes COCO AP (instance models; segjax.coco_eval): "pycocotools" (the reference) |
+    # "faster_coco_eval" (the same statistics, faster; pip install -e ".[coco-fast]").
+    c.eval.coco_backend = "pycocotools"
     # CPU hosts: XLA devices to split each host into (0 = auto: one per core, as many as
     # divide the batch sizes; 1 = one device). Ignored when XLA_FLAGS already sets a count.
     c.host_devices = 0
@@ -95,6 +98,11 @@ def _data_schema() -> ml_collections.ConfigDict:
     # Instance masks: a JSON file {image stem: {instance id: class id}} giving each instance its
     # class (relative paths are under data.root); "" = every instance is class 1.
     data.instance_classes = ""
+    # Folder datasets: what the examples are for. "semantic": class masks (+ "instances" ids)
+    # for semantic models | "instance": detection examples (boxes, labels, per-instance masks)
+    # for Mask R-CNN, one instance per id of an instance-id mask (needs mask_type="instance";
+    # class names start with "__background__").
+    data.folder_task = "semantic"
     data.weight_map = _weight_map_schema()
     data.elastic = _elastic_schema()
     data.instances = _instances_schema()

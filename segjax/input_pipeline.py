@@ -331,6 +331,8 @@ class InstanceEvalStream:
       info: the dataset's :class:`~segjax.data.base.DatasetInfo`.
       num_batches: batches per process (equal on all processes).
       num_examples: real examples in this process's part.
+      coco_backend: what scores the detections (``config.eval.coco_backend``; see
+        :mod:`segjax.coco_eval`).
     """
 
     examples: tf.data.Dataset
@@ -339,6 +341,7 @@ class InstanceEvalStream:
     pad_size: tuple[int, int]
     num_batches: int
     num_examples: int
+    coco_backend: str = "pycocotools"
 
     def __iter__(self) -> Iterator[dict]:
         rows = self.examples.as_numpy_iterator()
@@ -393,4 +396,12 @@ def instance_eval_stream(
     ds = base.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(2 * host_batch)
     n_local = _cardinality(ds, f"part {process_index} of split {split!r}")
-    return InstanceEvalStream(ds, source.info, host_batch, tuple(pad_size), num_batches, n_local)
+    return InstanceEvalStream(
+        ds,
+        source.info,
+        host_batch,
+        tuple(pad_size),
+        num_batches,
+        n_local,
+        coco_backend=config.eval.coco_backend,
+    )

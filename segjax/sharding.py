@@ -126,6 +126,23 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def check_batches_fit(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """Raises ValueError unless the training and evaluation batches of ``config`` split evenly
+    over the devices of ``mesh`` (:func:`batch_sharding` splits every batch over all of them).
+    """
+    devices = mesh.devices.size
+    for key, value in (
+        ("train.batch_size", config.train.batch_size),
+        ("eval.batch_size", config.eval.batch_size),
+    ):
+        if int(value) % devices:
+            raise ValueError(
+                f"config.{key}={value} does not split over the mesh's {devices} devices; "
+                f"expected a multiple of {devices} (or fewer devices: config.host_devices, "
+                "config.mesh)"
+            )
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated sharding."""
     return NamedSharding(mesh, P())

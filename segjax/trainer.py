@@ -267,6 +267,7 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, mesh=None):
         self.config = config
         self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+        sharding.check_batches_fit(config, self.mesh)
         self.model = create_model(config)
         self.task = tasks.for_model(self.model)
         self.tx, self.schedule = optim.make_optimizer(

@@ -5,7 +5,8 @@ JAX job) around ``segjax.train`` on a tiny U-Net; the real input pipeline feeds 
 batch of every step is a pure function of (seed, step, dataset), so 1 × 8, 2 × 4 and 4 × 2 log
 the same losses step for step and end with the same parameters (within float32 tolerance: the
 reductions run in a different order), and a run checkpointed as 2 × 4 resumes as 1 × 8 on the
-uninterrupted run's sequence.
+uninterrupted run's sequence. A tiny Mask R-CNN on ``instance_shapes`` trains the same run as
+2 × 4 and 1 × 8.
 """
 
 import json
@@ -26,11 +27,14 @@ NUM_STEPS = 6
 TOPOLOGIES = [(1, 8), (2, 4), (4, 2)]
 
 
+UNET_CONFIG = "configs/quickstart.py:runlocal"
+INSTANCE_CONFIG = "configs/maskrcnn_quickstart.py:runlocal"
+# The tiny U-Net of the semantic runs.
+UNET_FLAGS = {"model.kwargs.width": 2, "model.kwargs.depth": 1, "data.crop_size": "(16,16)"}
+
+
 def _flags(data_flags: dict, **overrides) -> list[str]:
     flags = {
-        "model.kwargs.width": 2,
-        "model.kwargs.depth": 1,
-        "data.crop_size": "(16,16)",
         "train.batch_size": 8,
         "train.num_steps": NUM_STEPS,
         "train.log_every": 1,
@@ -43,8 +47,9 @@ def _flags(data_flags: dict, **overrides) -> list[str]:
     return [f"--config.{k}={v}" for k, v in flags.items()]
 
 
-def _train(workdir, processes, devices, data_flags, cache_dir, **overrides):
-    """Runs ``segjax.train`` as ``processes`` × ``devices``; returns its logged rows."""
+def _train(workdir, processes, devices, data_flags, cache_dir, config=UNET_CONFIG, **overrides):
+    """Runs ``segjax.train --config config`` as ``processes`` × ``devices``; returns its logged
+    rows."""
     env = dict(
         os.environ,
         NUM_PROCESSES=str(processes),
@@ -58,7 +63,7 @@ def _train(workdir, processes, devices, data_flags, cache_dir, **overrides):
         "bash",
         str(LAUNCH),
         "--config",
-        "configs/quickstart.py:runlocal",
+        config,
         "--workdir",
         str(workdir),
         *_flags(data_flags, **overrides),
@@ -128,7 +133,7 @@ def folder_flags(blobs_root):
 @pytest.mark.parametrize("dataset", ["shapes", "folder"])
 def test_every_topology_trains_the_same_run(dataset, shapes_data_dir, folder_flags, tmp_path):
     shapes_flags = {"data.data_dir": shapes_data_dir, "data.config_name": "tiny"}
-    data_flags = shapes_flags if dataset == "shapes" else folder_flags
+    data_flags = {**UNET_FLAGS, **(shapes_flags if dataset == "shapes" else folder_flags)}
     cache = tmp_path / "jax_cache"
     runs = {}
     for processes, devices in TOPOLOGIES:
@@ -155,3 +160,19 @@ def _check_resume_across_topologies(two_by_four, reference, data_flags, cache):
     rows = _train(workdir, 1, 8, data_flags, cache)
     assert 3 in _losses(rows) and 4 in _losses(rows)
     _assert_same_run(workdir, rows, *reference, "2x4 checkpointed at step 3, resumed as 1x8")
+
+
+def test_instance_run_is_the_same_on_two_processes(instance_shapes_data_dir, tmp_path):
+    """Mask R-CNN through the same launcher: 2 × 4 trains the 1 × 8 run (the anchor and RoI
+    sampling draw from the step's key per image, whichever process holds the image)."""
+    flags = {"data.data_dir": instance_shapes_data_dir, "conv_impl": "xla"}
+    cache = tmp_path / "jax_cache"
+    runs = {}
+    for processes, devices in ((1, 8), (2, 4)):
+        workdir = tmp_path / f"{processes}x{devices}"
+        rows = _train(workdir, processes, devices, flags, cache, config=INSTANCE_CONFIG)
+        runs[processes, devices] = (workdir, rows)
+    _assert_same_run(*runs[2, 4], *runs[1, 8], "instance 2x4 vs 1x8")
+    evals = [[r for r in rows if r.get("split")][-1] for _, rows in runs.values()]
+    for key in ("segm/AP", "bbox/AP"):
+        assert evals[0][key] == pytest.approx(evals[1][key], abs=1e-6), key

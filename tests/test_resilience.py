@@ -30,6 +30,8 @@ ROOT = pathlib.Path(__file__).parent.parent
 LAUNCH = ROOT / "launch"
 NUM_STEPS = 100
 CHECKPOINT_EVERY = 10
+INSTANCE_STEPS = 16
+INSTANCE_CHECKPOINT_EVERY = 4
 SUBPROCESS_DEVICES = 2  # fewer than this process's 8: reading their checkpoints crosses topologies
 
 
@@ -72,12 +74,30 @@ def _train_cmd(workdir, blobs_root, **overrides):
         "eval.batch_size": 4,
     }
     flags.update(overrides)
+    return _segjax_train("configs/quickstart.py:runlocal", workdir, flags)
+
+
+def _instance_train_cmd(workdir, data_dir, **overrides):
+    """``segjax.train`` of the instance quickstart's tiny Mask R-CNN on ``instance_shapes``."""
+    flags = {
+        "data.data_dir": data_dir,
+        "conv_impl": "xla",  # compile time; the matmul convolutions are tested elsewhere
+        "train.num_steps": INSTANCE_STEPS,
+        "train.checkpoint_every": INSTANCE_CHECKPOINT_EVERY,
+        "train.keep_checkpoints": 10,
+        "train.log_every": 1,
+        **overrides,
+    }
+    return _segjax_train("configs/maskrcnn_quickstart.py:runlocal", workdir, flags)
+
+
+def _segjax_train(config, workdir, flags: dict) -> list[str]:
     return [
         sys.executable,
         "-m",
         "segjax.train",
         "--config",
-        "configs/quickstart.py:runlocal",
+        config,
         "--workdir",
         str(workdir),
         *(f"--config.{k}={v}" for k, v in flags.items()),
@@ -204,16 +224,51 @@ def test_killed_then_preempted_run_ends_bitwise_equal(blobs_root, tmp_path):
 
     # Parameters, BatchNorm statistics, optimiser state and counters: the same bits as the
     # uninterrupted run (the data order and the dropout RNG are functions of seed and step).
-    final = checkpoint.read_weights(str(ckpts / f"{NUM_STEPS}/default"))
-    expected = checkpoint.read_weights(str(ref_dir / f"checkpoints/{NUM_STEPS}/default"))
-    assert int(final["step"]) == NUM_STEPS
+    _assert_same_end(run_dir, ref_dir, NUM_STEPS, ("miou", "object_tp", "object_fp", "object_fn"))
+
+
+def _assert_same_end(run_dir, ref_dir, steps: int, eval_keys) -> None:
+    """The last checkpoints of both runs are bitwise equal, and so are their final
+    evaluations' ``eval_keys``."""
+    final = checkpoint.read_weights(str(run_dir / f"checkpoints/{steps}/default"))
+    expected = checkpoint.read_weights(str(ref_dir / f"checkpoints/{steps}/default"))
+    assert int(final["step"]) == steps
     assert_bitwise_equal(final, expected)
     evals = [
         [json.loads(line) for line in open(d / "metrics.jsonl") if '"split"' in line][-1]
         for d in (run_dir, ref_dir)
     ]
-    for key in ("miou", "object_tp", "object_fp", "object_fn"):
+    for key in eval_keys:
         assert evals[0][key] == evals[1][key], key
+
+
+@pytest.mark.slow
+def test_killed_instance_run_resumes_bitwise(instance_shapes_data_dir, tmp_path):
+    """Mask R-CNN through the same trainer: SIGKILL after the first checkpoint, restart, and
+    the run ends with the uninterrupted run's bits (the anchor and RoI sampling keys, like the
+    data order, are functions of seed and step) and its COCO statistics."""
+    env = _env(tmp_path / "jax_cache")
+    ref_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    ckpts = run_dir / "checkpoints"
+    cmd = _instance_train_cmd(ref_dir, instance_shapes_data_dir)
+    with _Run(cmd, env, tmp_path / "ref.log") as ref:
+        code, out = ref.finish()
+    assert code == 0, out[-3000:]
+
+    cmd = _instance_train_cmd(run_dir, instance_shapes_data_dir)
+    with _Run(cmd, env, tmp_path / "killed.log") as run:
+        run.wait_for(lambda: (ckpts / str(INSTANCE_CHECKPOINT_EVERY)).is_dir(), "first checkpoint")
+        run.proc.send_signal(signal.SIGKILL)
+        assert run.proc.wait() == -signal.SIGKILL
+    kept = _finalized_steps(ckpts)
+    assert kept and max(kept) < INSTANCE_STEPS, f"killed too late: checkpoints {kept}"
+
+    with _Run(cmd, env, tmp_path / "resumed.log") as run:
+        code, out = run.finish()
+    assert code == 0, out[-3000:]
+    assert int(re.search(r"resumed from \S+ at step (\d+)", out).group(1)) == max(kept)
+
+    _assert_same_end(run_dir, ref_dir, INSTANCE_STEPS, ("segm/AP", "bbox/AP", "segm/AR100"))
 
 
 def test_infinite_learning_rate_stops_without_writing_nan_params(tiny_config, tmp_path, capsys):

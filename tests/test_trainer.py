@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from segjax import optim, sharding, trainer
 from segjax.config import base_config
@@ -123,3 +124,13 @@ def test_mesh_errors():
         sharding.make_mesh(ml_collections.ConfigDict({"data": 3, "fsdp": 2}))
     with pytest.raises(ValueError, match="at most one"):
         sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": -1}))
+
+
+@pytest.mark.parametrize("key", ["train", "eval"])
+def test_batch_that_does_not_split_over_the_devices_is_one_line(key):
+    config = _micro_config()
+    config[key].batch_size = 6
+    with pytest.raises(
+        ValueError, match=rf"config\.{key}\.batch_size=6 does not split over the mesh's 8 devices"
+    ):
+        trainer.Trainer(config, mesh=sharding.make_mesh(config.mesh, jax.devices()))

@@ -35,8 +35,8 @@ def get_source(data_config: ml_collections.ConfigDict) -> Source:
     """The source named by ``data_config.name``, prepared and ready to read.
 
     Raises:
-      ValueError: unknown dataset name (the message lists the known ones), or instance-mask
-        options on a dataset that has no instance masks.
+      ValueError: unknown dataset name (the message lists the known ones), or folder-only
+        options (instance masks, ``folder_task``) on another dataset.
     """
     name = data_config.name
     if name not in _LOADERS:
@@ -47,6 +47,11 @@ def get_source(data_config: ml_collections.ConfigDict) -> Source:
             raise ValueError(
                 f"config.data.mask_type={data_config.mask_type!r} needs config.data.name="
                 f"'folder' (dataset {name!r} has class masks only)"
+            )
+        if data_config.get("folder_task", "semantic") != "semantic":
+            raise ValueError(
+                f"config.data.folder_task={data_config.folder_task!r} needs config.data.name="
+                f"'folder'; expected 'semantic' for dataset {name!r} (its task is its own)"
             )
         if data_config.get("weight_map") and data_config.weight_map.enabled:
             raise ValueError(

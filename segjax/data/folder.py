@@ -33,6 +33,17 @@ With ``config.data.weight_map.enabled`` (instance masks only) the U-Net border w
 ``border_on_background_only``) is computed once per example while the dataset is prepared and
 carried as ``"weights"`` (float32 ``[H, W]``).
 
+With ``config.data.folder_task = "instance"`` (default ``"semantic"``: everything above) an
+instance-mask folder is instance (detection) data for Mask R-CNN, as :mod:`segjax.data.coco` and
+:mod:`segjax.data.instance_shapes` are: every nonzero id of a mask is one object, and examples
+are ``{"image", "id", "boxes", "labels", "masks", "is_crowd", "areas"}``
+(:func:`segjax.augment_instances.instances_from_id_map`: boxes are the masks' pixel extents
+``x1, y1, x2 + 1, y2 + 1``, labels the classes of the table above or 1 without one, no crowd
+regions). ``DatasetInfo.task`` is then ``"instance"`` and the class names are the ones below with
+the first (the background) named ``"__background__"``, so ``config.model.num_classes`` is the
+number of object classes + 1. It needs ``mask_type = "instance"`` and no weight map (a semantic
+loss weight); the prepared dataset is the same for both tasks, so switching is free.
+
 Class names come from ``config.data.class_names`` or, if empty, ``root/classes.txt`` (one per line);
 ``config.data.num_classes`` may be given instead (names ``class_0 ...``). The palette for colour
 outputs is ``config.data.palette`` or the VOC colour map.
@@ -54,8 +65,8 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from segjax import augment_instances, losses
 from segjax import config as config_lib
-from segjax import losses
 from segjax.data import base, builders, image_io
 from segjax.data.base import Source
 from segjax.data.image_io import DataError
@@ -63,6 +74,7 @@ from segjax.metrics import IGNORE_INDEX
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 MASK_TYPES = ("class", "instance")
+FOLDER_TASKS = ("semantic", "instance")  # config.data.folder_task
 INSTANCE_CLASS_NAMES = ("background", "object")  # instance masks without a class table
 # Part of the fingerprint of weight-map datasets: bump it when unet_weight_map's output changes,
 # so datasets prepared with the old maps are prepared again.
@@ -300,6 +312,41 @@ def check_mask_type(data_config) -> bool:
     return mask_type == "instance"
 
 
+def check_folder_task(data_config) -> bool:
+    """Whether ``data_config`` reads the folder as instance (detection) data
+    (``folder_task``), after checking that the mask options allow it.
+
+    Raises:
+      ValueError: ``folder_task`` unknown, or ``"instance"`` with class masks or with the
+        weight map.
+    """
+    task = data_config.folder_task
+    if task not in FOLDER_TASKS:
+        raise ValueError(f"config.data.folder_task={task!r}; expected 'semantic' or 'instance'")
+    if task == "semantic":
+        return False
+    if data_config.mask_type != "instance":
+        raise ValueError(
+            f"config.data.folder_task='instance' needs config.data.mask_type='instance' (got "
+            f"{data_config.mask_type!r}): objects are read from instance-id masks"
+        )
+    if data_config.weight_map.enabled:
+        raise ValueError(
+            "config.data.weight_map.enabled=True with config.data.folder_task='instance'; "
+            "expected False (the border weight map is a semantic U-Net loss weight)"
+        )
+    return True
+
+
+def detection_example(ex: dict) -> dict:
+    """The instance contract's example (``image``, ``id``, ``boxes``, ``labels``, ``masks``,
+    ``is_crowd``, ``areas``) of one stored instance-mask example, inside ``tf.data``: one
+    object per nonzero id, its label the derived class mask's value on it."""
+    example = base.instance_example(ex)
+    objects = augment_instances.instances_from_id_map(example["instances"], example["mask"])
+    return {"image": example["image"], "id": example["id"], **objects}
+
+
 def instance_options(data_config, num_classes: int) -> InstanceOptions | None:
     """The instance-mask options of ``data_config`` (``mask_type``, ``instance_classes``,
     ``weight_map``), checked; None for class masks.
@@ -489,18 +536,20 @@ def load(data_config) -> Source:
     """The ``folder`` dataset at ``data_config.root``, prepared (when new or changed).
 
     Reads ``root``, ``num_classes``, ``class_names``, ``palette``, ``value_range``,
-    ``skip_bad_examples``, ``data_dir``, ``mask_type``, ``instance_classes`` and
-    ``weight_map`` of ``data_config`` (keys it lacks take the schema's defaults).
+    ``skip_bad_examples``, ``data_dir``, ``mask_type``, ``instance_classes``, ``weight_map``
+    and ``folder_task`` of ``data_config`` (keys it lacks take the schema's defaults).
 
     Raises:
       DataError: a problem with the folder's files (named in the message).
-      ValueError: an invalid option (see :func:`instance_options`).
+      ValueError: an invalid option (see :func:`instance_options` and
+        :func:`check_folder_task`).
     """
     data_config = _with_schema_defaults(data_config)
     root = data_config.root
     if not root or not os.path.isdir(root):
         raise DataError(f"config.data.root={root!r}: folder dataset directory not found")
     is_instance = check_mask_type(data_config)
+    detection = check_folder_task(data_config)
     names = class_names_of(
         data_config,
         default=INSTANCE_CLASS_NAMES if is_instance and not data_config.instance_classes else (),
@@ -528,6 +577,25 @@ def load(data_config) -> Source:
     )
     builder = SegjaxFolder(config=config, data_dir=data_config.data_dir or None)
     builders.prepare(builder, where=f"folder {root}")
+    return _source(builder, names, palette, instance, detection=detection)
+
+
+def _source(builder, names, palette, instance: InstanceOptions | None, *, detection: bool):
+    """The :class:`Source` of a prepared folder ``builder``: semantic examples, or with
+    ``detection`` the instance contract's (see the module docstring)."""
+    if detection:
+        # Class 0 is the background whatever classes.txt calls it; instance datasets name it
+        # "__background__" (torchvision's convention, as coco and instance_shapes do).
+        return Source.from_builder(
+            builder,
+            name="folder",
+            class_names=("__background__", *names[1:]),
+            palette=palette,
+            to_example=detection_example,
+            fields=augment_instances.INSTANCE_FIELDS,
+            task="instance",
+            category_ids=(),
+        )
     if instance is None:
         return Source.from_builder(builder, name="folder", class_names=names, palette=palette)
     fields = ("instances", "weights") if instance.weight_map is not None else ("instances",)

@@ -93,7 +93,8 @@ class InstanceTask:
             raise ValueError(
                 f"config.model.name={config.model.name!r} is an instance model but dataset "
                 f"{info.name!r} has task {info.task!r}; use an instance dataset (coco, "
-                "instance_shapes)"
+                "instance_shapes, or a folder of instance-id masks with "
+                "config.data.folder_task='instance')"
             )
         if info.num_classes != config.model.num_classes:
             raise ValueError(
@@ -140,10 +141,14 @@ class InstanceTask:
         return lambda params: trainable_mask(model, params)
 
     def eval_stream(self, source, config, split, *, process_index=0, process_count=1):
-        """:func:`segjax.input_pipeline.instance_eval_stream`."""
-        return input_pipeline.instance_eval_stream(
+        """:func:`segjax.input_pipeline.instance_eval_stream`, its COCO backend
+        (``config.eval.coco_backend``) checked here, at start-up, not after an evaluation
+        pass."""
+        stream = input_pipeline.instance_eval_stream(
             source, config, split, process_index=process_index, process_count=process_count
         )
+        coco_eval.check_backend(stream.coco_backend)
+        return stream
 
     def compile_eval_step(self, model, config, mesh, options=None) -> Callable:
         """``(variables, batch) → detections`` (boxes in original pixels, 28×28 masks), jitted
@@ -162,7 +167,7 @@ class InstanceTask:
         """Runs ``eval_step`` over every batch of ``stream`` (an
         :class:`~segjax.input_pipeline.InstanceEvalStream`) and scores the detections of every
         image of every process (:func:`segjax.coco_eval.gather`)."""
-        evaluator = coco_eval.CocoEvaluator.for_dataset(stream.info)
+        evaluator = coco_eval.CocoEvaluator.for_dataset(stream.info, backend=stream.coco_backend)
         kept = []
         for batch in stream:
             inputs = sharding.host_to_global({k: batch[k] for k in EVAL_INPUTS}, mesh)
