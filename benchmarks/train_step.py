@@ -55,6 +55,7 @@ import numpy as np
 from benchmarks import common, torchvision_step
 from segjax import config as config_lib
 from segjax import ops, optim, sharding, trainer
+from segjax.ops import winograd
 
 # Published dense peak FLOP/s (no sparsity) by ``device_kind`` substring: (float32, bfloat16).
 PUBLISHED_PEAKS = {
@@ -227,7 +228,7 @@ def _timed_train_steps(compiled, state, data, steps: int):
     return holder["state"], step_times, float(metrics["loss"])
 
 
-def _eval_figures(net, cfg, state, images, steps: int) -> dict:
+def _eval_figures(net, cfg, state, images, steps: int, trim: bool = False) -> dict:
     """Compile time and images/s of the ``train=False`` forward pass, jitted as training does."""
     variables = {"params": state.params}
     if state.batch_stats:
@@ -236,6 +237,8 @@ def _eval_figures(net, cfg, state, images, steps: int) -> dict:
     start = time.perf_counter()
     compiled = forward.lower(variables, images).compile()
     compile_s = time.perf_counter() - start
+    if trim:
+        common.malloc_trim()
     ms = common.warm_median_ms(lambda: jax.block_until_ready(compiled(variables, images)), steps)
     return {"eval_compile_s": compile_s, "eval_img_s": images.shape[0] / (ms / 1e3)}
 
@@ -263,12 +266,14 @@ def run_jax(
     cpu_scheduler: str = "memory",
     evaluate: bool = True,
     peak: tuple[float, str] | None = None,
+    trim_after_compile: bool = False,
 ) -> dict:
     """Benchmarks one model; returns a dict of figures (see the module docstring).
 
     ``model`` is a name from ``segjax.models.names()`` or a ``flax.linen.Module`` following the
     model contract (``__call__(images, *, train)`` → ``{"out": logits, ...}``); ``peak`` is
-    ``(FLOP/s, source)`` to use instead of measuring one.
+    ``(FLOP/s, source)`` to use instead of measuring one; ``trim_after_compile`` returns the
+    compiler's freed heap to the OS after each compilation (``common.malloc_trim``).
 
     Raises:
       ValueError: ``conv_impl`` or ``cpu_scheduler`` is not a known choice.
@@ -284,6 +289,8 @@ def run_jax(
     start = time.perf_counter()
     compiled = ops.jit(step_fn, cfg, donate_argnums=0).lower(state, data).compile()
     compile_s = time.perf_counter() - start
+    if trim_after_compile:
+        common.malloc_trim()
     # XLA's cost analysis of an SPMD-partitioned step counts one device's share.
     executed_flops = _flops(compiled.cost_analysis()) * num_devices
     flops = _model_flops(net, tx, schedule, cfg, state, data, executed_flops)
@@ -302,6 +309,8 @@ def run_jax(
         "dtype": dtype,
         "conv_impl": cfg.conv_impl,
         "cpu_scheduler": cpu_scheduler,
+        "winograd_tile": winograd.active_output_tile(),
+        "malloc_trim": trim_after_compile,
         "devices": num_devices,
         "compile_s": compile_s,
         "step_ms": step_ms,
@@ -312,7 +321,7 @@ def run_jax(
         "loss": loss,
     }
     if evaluate:
-        out.update(_eval_figures(net, cfg, state, data["image"], steps))
+        out.update(_eval_figures(net, cfg, state, data["image"], steps, trim_after_compile))
     out["peak_flops"] = peak_flops
     out["peak_source"] = peak_source
     out["mfu"] = flops / (step_ms / 1e3) / peak_flops
@@ -377,6 +386,18 @@ def _parser() -> argparse.ArgumentParser:
         default="memory",
         choices=("memory", "concurrency", "xla"),
         help="XLA:CPU instruction scheduler (config.cpu_scheduler)",
+    )
+    p.add_argument(
+        "--winograd-tile",
+        type=int,
+        default=None,
+        choices=winograd.OUTPUT_TILES,
+        help="Winograd F(m×m, 3×3) output tile (default: winograd.DEFAULT_OUTPUT_TILE)",
+    )
+    p.add_argument(
+        "--malloc-trim",
+        action="store_true",
+        help="return the compiler's freed heap to the OS after each compile (glibc)",
     )
     p.add_argument("--compare", default=None, choices=("torchvision",))
     p.add_argument("--torch-python", default=None, help="interpreter with torch + torchvision")
@@ -446,7 +467,9 @@ def _print_report(args, summary: dict) -> None:
         f"{args.model}, batch {args.batch}, {args.size}×{args.size}, {args.dtype}, "
         f"{ours['backend']} ({ours['device_kind']}) × {ours['devices']} device(s), "
         f"load average {summary['load_average_1min_at_start']:.2f} at start; "
-        f"step times are medians of {args.steps} after 1 warm-up"
+        f"step times are medians of {args.steps} after 1 warm-up; "
+        f"Winograd F({ours['winograd_tile']}×{ours['winograd_tile']}, 3×3)"
+        + (", malloc_trim after compiling" if ours["malloc_trim"] else "")
     )
     print(_fmt([ours] + ([theirs] if theirs else [])))
     print(f"peak for MFU: {ours['peak_flops'] / 1e9:.1f} GFLOP/s ({ours['peak_source']})")
@@ -478,15 +501,17 @@ def main(argv=None) -> dict:
     _split_host(args)
     common_kw = dict(steps=args.steps, num_classes=args.num_classes, evaluate=not args.no_eval)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    ours = run_jax(
-        args.model,
-        args.batch,
-        args.size,
-        dtype=args.dtype,
-        conv_impl=args.conv_impl,
-        cpu_scheduler=args.cpu_scheduler,
-        **common_kw,
-    )
+    with winograd.output_tile_scope(args.winograd_tile):
+        ours = run_jax(
+            args.model,
+            args.batch,
+            args.size,
+            dtype=args.dtype,
+            conv_impl=args.conv_impl,
+            cpu_scheduler=args.cpu_scheduler,
+            trim_after_compile=args.malloc_trim,
+            **common_kw,
+        )
     summary = {"segjax": ours, "load_average_1min_at_start": load}
     if python:
         _compare(python, args, ours, common_kw, summary)

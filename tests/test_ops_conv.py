@@ -81,20 +81,23 @@ def _check_taps_weight_grad(name, x_shape, k_shape, strides, padding, dilation, 
         ((1, 9, 11, 2), ((2, 2), (2, 2)), 2),
         ((1, 10, 7, 2), ((4, 1), (0, 3)), 3),  # asymmetric padding, atrous
         ((1, 12, 12, 2), ((12, 12), (12, 12)), 12),  # rate as large as the map
+        ((2, 13, 9, 3), ((2, 2), (2, 2)), 2),  # F(4×4): partial 8×8 blocks, atrous
     ],
 )
-def test_winograd_conv_is_exact(shape, padding, d):
-    """Winograd F(2×2, 3×3) equals the direct convolution (float64: only rounding differs),
-    forward and both gradients."""
+@pytest.mark.parametrize("m", winograd.OUTPUT_TILES)
+def test_winograd_conv_is_exact(shape, padding, d, m):
+    """Winograd F(m×m, 3×3), m = 2 and 4, equals the direct convolution (float64: only
+    rounding differs), forward and both gradients; odd sizes leave partial output blocks."""
+    tol = 1e-12 if m == 2 else 1e-10  # F(4×4, 3×3)'s transforms have coefficients up to 8
     with jax.enable_x64(True):
         x, k = (a.astype(jnp.float64) for a in _arrays(shape, (3, 3, shape[-1], 4)))
         ref = functools.partial(
             _reference, strides=(1, 1), padding=padding, dilation=(d, d), groups=1
         )
-        wino = lambda x, k: winograd.conv3x3_winograd(x, k, padding, d, None)
-        chex.assert_trees_all_close(wino(x, k), ref(x, k), rtol=1e-12, atol=1e-12)
+        wino = lambda x, k: winograd.conv3x3_winograd(x, k, padding, d, None, m)
+        chex.assert_trees_all_close(wino(x, k), ref(x, k), rtol=tol, atol=tol)
         loss = lambda f: jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k)
-        chex.assert_trees_all_close(loss(wino), loss(ref), rtol=1e-12, atol=1e-12)
+        chex.assert_trees_all_close(loss(wino), loss(ref), rtol=tol, atol=tol)
 
 
 def test_winograd_routing():

@@ -11,8 +11,9 @@ slower than the forward conv, and ~50× for transposed convs (docs/PERFORMANCE.m
 * depthwise convs as sums of shifted, per-channel scaled slices (one fused loop);
 * atrous convs whose taps mostly read padding (ASPP rates 12/24/36 on 32×32 maps) as shifted
   matmuls over the output regions each tap really reaches;
-* dense stride-1 3×3 convs (≥ 64 channels) as Winograd F(2×2, 3×3) (:mod:`segjax.ops.winograd`):
-  16 GEMMs per conv with 2.25× fewer multiply-adds, forward and both gradients.
+* dense stride-1 3×3 convs (≥ 64 channels) as Winograd F(m×m, 3×3) (:mod:`segjax.ops.winograd`;
+  m = 2 by default, 4 under ``winograd.output_tile_scope(4)``): 16 GEMMs per conv with 2.25×
+  fewer multiply-adds (36 with 4× fewer for m = 4), forward and both gradients.
 
 :func:`segjax.ops.conv_impl_scope` routes every traced ``nn.Conv`` through it.
 """
@@ -20,7 +21,7 @@ slower than the forward conv, and ~50× for transposed convs (docs/PERFORMANCE.m
 import jax
 import jax.numpy as jnp
 
-from segjax.ops.winograd import conv3x3_winograd, use_winograd
+from segjax.ops.winograd import after, conv3x3_winograd, use_winograd
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -207,7 +208,9 @@ def _conv_taps_bwd(strides, padding, lhs_dilation, rhs_dilation, groups, precisi
     dk = _taps_weight_grad(
         x, dy, k.shape, strides, padding, rhs_dilation, groups, k.dtype, lhs_dilation
     )
-    return dx, dk
+    # The kernel gradient feeds only the optimiser: unfenced, XLA:CPU schedules it at the end
+    # of the backward and every layer's dy stays alive until then (docs/PERFORMANCE.md).
+    return after(dx, dk), dk
 
 
 _conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
@@ -228,7 +231,7 @@ def _pointwise_bwd(precision, res, dy):
     x, k = res
     dx = jnp.einsum("nhwd,cd->nhwc", dy, k, precision=precision)
     dk = _taps_weight_grad(x, dy, (1, 1, *k.shape), (1, 1), ((0, 0), (0, 0)), (1, 1), 1, k.dtype)
-    return dx, dk[0, 0]
+    return after(dx, dk), dk[0, 0]  # fenced as in _conv_taps_bwd
 
 
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
@@ -271,9 +274,9 @@ def conv_general_dilated_gemm(
 
     1×1 convs are einsums; depthwise convs are sums of shifted slices times per-channel weights;
     stride-1 atrous convs doing mostly padding work are shifted matmuls over live regions; dense
-    stride-1 3×3 convs with ≥ 64 channels run as Winograd F(2×2, 3×3) GEMMs (forward and both
-    gradients); every other conv keeps XLA's forward and input gradient and gets a per-tap
-    matmul weight gradient (custom VJP).
+    stride-1 3×3 convs with ≥ 64 channels run as Winograd F(m×m, 3×3) GEMMs, m from
+    ``winograd.active_output_tile()`` (forward and both gradients); every other conv keeps
+    XLA's forward and input gradient and gets a per-tap matmul weight gradient (custom VJP).
 
     Same forward result and the same gradients (within float rounding) as
     ``lax.conv_general_dilated``. 2-D NHWC/HWIO convs take the custom VJP (input-dilated, i.e.

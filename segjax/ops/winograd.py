@@ -1,28 +1,101 @@
-"""Winograd F(2×2, 3×3) for dense stride-1 3×3 NHWC/HWIO convs (:func:`conv3x3_winograd`).
+"""Winograd F(m×m, 3×3) for dense stride-1 3×3 NHWC/HWIO convs (:func:`conv3x3_winograd`).
 
-Each 2×2 block of outputs is computed from a 4×4 input tile with 16 multiplications per
-channel pair instead of 36 (Lavin & Gray, 2016): input tiles and the kernel are transformed by
-small 0/±1/±½ matrices, multiplied as 16 independent [tiles, Cin] · [Cin, Cout] GEMMs, and
-transformed back. Forward and both gradients (by autodiff of the same formulation) do 2.25×
-fewer multiply-adds than the direct convolution, in GEMMs, which XLA:CPU runs at its matmul
-rate. Atrous convs tile in dilated space (a tile's rows are ``d`` apart), so no reshuffling.
-Only the rounding of the transforms' additions differs from the direct convolution: results
-agree to ~1e-6 relative in float32 and to 1e-12 in float64 (tests/test_ops_conv.py).
+Each m×m block of outputs is computed from an (m+2)×(m+2) input tile (Lavin & Gray, 2016):
+input tiles and the kernel are transformed by small constant matrices, multiplied as (m+2)²
+independent ``[tiles, Cin] · [Cin, Cout]`` GEMMs, and transformed back. Two tile sizes:
+
+* ``m = 2``, F(2×2, 3×3): 16 GEMMs, 2.25× fewer multiply-adds than the direct conv; the
+  transformed input is 16/4 = 4× the input. Transforms are 0/±1/±½: nearly exact.
+* ``m = 4``, F(4×4, 3×3): 36 GEMMs, 4× fewer multiply-adds; the transformed input is 36/16 =
+  2.25× the input. Points 0, ±1, ±2, ∞: coefficients up to 8 (and 1/24 in the kernel
+  transform) cost accuracy — measured on ResNet-like data in docs/PERFORMANCE.md.
+
+Forward and both gradients (by autodiff of the same formulation) are GEMMs, which XLA:CPU runs
+at its matmul rate. Atrous convs tile in dilated space (a tile's rows are ``d`` apart), so no
+reshuffling. float64 agrees with the direct convolution to ~1e-12 (m = 2) and ~1e-10 (m = 4)
+(tests/test_ops_conv.py, tests/test_winograd.py). :data:`DEFAULT_OUTPUT_TILE` is the size
+:func:`conv3x3_winograd` uses when not told; :func:`output_tile_scope` changes it while
+tracing. The backward recomputes the transforms and is fenced with :func:`after` so that no
+tile outlives its conv's backward (docs/PERFORMANCE.md, 2026-12-02).
 """
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 
-_WINO_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))  # input transform
-_WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))  # kernel
-_WINO_AT = ((1, 1, 1, 0), (0, 1, -1, -1))  # output transform
+# (input transform Bᵀ, kernel transform G, output transform Aᵀ) per output tile size m.
+_TRANSFORMS = {
+    2: (
+        ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0)),
+        ((1, 1, 1, 0), (0, 1, -1, -1)),
+    ),
+    4: (
+        (
+            (4, 0, -5, 0, 1, 0),
+            (0, -4, -4, 1, 1, 0),
+            (0, 4, -4, -1, 1, 0),
+            (0, -2, -1, 2, 1, 0),
+            (0, 2, -1, -2, 1, 0),
+            (0, 4, 0, -5, 0, 1),
+        ),
+        (
+            (1 / 4, 0.0, 0.0),
+            (-1 / 6, -1 / 6, -1 / 6),
+            (-1 / 6, 1 / 6, -1 / 6),
+            (1 / 24, 1 / 12, 1 / 6),
+            (1 / 24, -1 / 12, 1 / 6),
+            (0.0, 0.0, 1.0),
+        ),
+        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
+    ),
+}
+OUTPUT_TILES = tuple(_TRANSFORMS)
+# The output tile size used when the caller names none (docs/PERFORMANCE.md, 2026-12-02).
+DEFAULT_OUTPUT_TILE = 2
+_ACTIVE_OUTPUT_TILE: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "segjax_winograd_output_tile", default=None
+)
 # Smallest channel counts taking the Winograd path (below, XLA's convolution and the per-tap
 # weight gradient were as fast; benchmarks/conv_impl.py).
 _WINOGRAD_MIN_CHANNELS = 64
 
 
+def _check_tile(m) -> int:
+    if m not in _TRANSFORMS:
+        raise ValueError(f"Winograd output tile {m!r}: expected one of {OUTPUT_TILES}")
+    return m
+
+
+def active_output_tile() -> int:
+    """The output tile size convs traced now use: the innermost :func:`output_tile_scope`'s,
+    else :data:`DEFAULT_OUTPUT_TILE`."""
+    m = _ACTIVE_OUTPUT_TILE.get()
+    return DEFAULT_OUTPUT_TILE if m is None else m
+
+
+@contextlib.contextmanager
+def output_tile_scope(m: int | None) -> Iterator[int]:
+    """Context manager: Winograd convs traced inside use F(m×m, 3×3) (``None``: the default).
+
+    Only tracing is affected (wrap the ``.lower`` / first call of a jitted function); the
+    compiled program differs, so a compilation cache keys the two apart. Yields the size.
+
+    Raises:
+      ValueError: ``m`` is not one of :data:`OUTPUT_TILES`.
+    """
+    token = _ACTIVE_OUTPUT_TILE.set(None if m is None else _check_tile(m))
+    try:
+        yield active_output_tile()
+    finally:
+        _ACTIVE_OUTPUT_TILE.reset(token)
+
+
 def _combine(matrix, terms):
-    """``[Σ_j m_ij · terms_j for each row i]`` with 0/±1 coefficients as adds and subtracts."""
+    """``[Σ_j m_ij · terms_j for each row i]``; ±1 coefficients as adds and subtracts."""
     out = []
     for row in matrix:
         acc = None
@@ -54,60 +127,111 @@ def use_winograd(x_shape, k_shape, strides, padding, rhs_dilation, groups) -> bo
     )
 
 
-def _winograd_conv(x, k, padding, d, precision=None):
-    """Stride-1, dilation-``d`` 3×3 NHWC/HWIO conv by Winograd F(2×2, 3×3) (module docstring).
+def _kernel_transform(k, g):
+    """``G·k·Gᵀ`` per channel pair as ``[r][s]`` lists of ``[Cin, Cout]``, written as scaled
+    adds (an einsum here became a K=3 matmul over Cin·Cout rows, slower than the conv's GEMMs).
+    """
+    a = len(g)
+    k_rows = [_combine(g, [k[i, j] for i in range(3)]) for j in range(3)]  # [j][r]
+    return [_combine(g, [k_rows[j][r] for j in range(3)]) for r in range(a)]  # [r][s]
+
+
+def _winograd_conv(x, k, padding, d, precision=None, m=2):
+    """Stride-1, dilation-``d`` 3×3 NHWC/HWIO conv by Winograd F(m×m, 3×3) (module docstring).
 
     ``padding`` is ``((top, bottom), (left, right))``, non-negative; :func:`use_winograd` says
     where this form is used.
     """
+    bt, g, at = _TRANSFORMS[m]
+    a = m + 2  # input tile side
     n, h, w, c = x.shape
     co = k.shape[-1]
     (top, bottom), (left, right) = padding
     ho, wo = h + top + bottom - 2 * d, w + left + right - 2 * d
-    bh, bw = -(-ho // (2 * d)), -(-wo // (2 * d))  # blocks of 2d×2d outputs
-    hp, wp = (bh + 1) * 2 * d, (bw + 1) * 2 * d
+    bh, bw = -(-ho // (m * d)), -(-wo // (m * d))  # blocks of md×md outputs
+    hp, wp = (bh + 1) * m * d, (bw + 1) * m * d  # ≥ the padded input, as m ≥ 2
     xp = jnp.pad(x, ((0, 0), (top, hp - h - top), (left, wp - w - left), (0, 0)))
-    # Padded row 2d·b + d·e + p (e ∈ {0, 1}, p < d) → index [b, e, p]; tile row r of block
-    # (b, p) is block b + r // 2, half r % 2.
-    xr = xp.reshape(n, bh + 1, 2, d, bw + 1, 2, d, c)
+    # Padded row m·d·b + d·e + p (e < m, p < d) → index [b, e, p]; tile row r (< m + 2) of
+    # block (b, p) is block b + r // m, part r % m.
+    xr = xp.reshape(n, bh + 1, m, d, bw + 1, m, d, c)
     tiles = n * bh * d * bw * d
 
     def tile(r, s):
-        return xr[:, r // 2 : r // 2 + bh, r % 2, :, s // 2 : s // 2 + bw, s % 2, :, :]
+        return xr[:, r // m : r // m + bh, r % m, :, s // m : s // m + bw, s % m, :, :]
 
-    # Kernel transform G·k·Gᵀ as adds and halvings (an einsum here became a K=3 matmul over
-    # Cin·Cout rows, slower than the whole conv's GEMMs).
-    k_rows = [_combine(_WINO_G, [k[i, j] for i in range(3)]) for j in range(3)]  # [j][r]
-    u = [_combine(_WINO_G, [k_rows[j][r] for j in range(3)]) for r in range(4)]  # [r][s]
-    rows = [_combine(_WINO_BT, [tile(r, s) for s in range(4)]) for r in range(4)]  # [r][s']
-    m = [[None] * 4 for _ in range(4)]
-    for s in range(4):
-        column = _combine(_WINO_BT, [rows[r][s] for r in range(4)])  # [r'] at column s'
-        for r in range(4):
+    u = _kernel_transform(k, g)
+    rows = [_combine(bt, [tile(r, s) for s in range(a)]) for r in range(a)]  # [r][s']
+    prods = [[None] * a for _ in range(a)]
+    for s in range(a):
+        column = _combine(bt, [rows[r][s] for r in range(a)])  # [r'] at column s'
+        for r in range(a):
             v = column[r].reshape(tiles, c)
-            m[r][s] = jnp.dot(v, u[r][s], precision=precision).reshape(n, bh, d, bw, d, co)
-    mr = [_combine(_WINO_AT, m[r]) for r in range(4)]  # [r][j]
-    y = [[None, None], [None, None]]
-    for j in range(2):
-        for i, yi in enumerate(_combine(_WINO_AT, [mr[r][j] for r in range(4)])):
+            prods[r][s] = jnp.dot(v, u[r][s], precision=precision).reshape(n, bh, d, bw, d, co)
+    half = [_combine(at, prods[r]) for r in range(a)]  # [r][j]
+    y = [[None] * m for _ in range(m)]
+    for j in range(m):
+        for i, yi in enumerate(_combine(at, [half[r][j] for r in range(a)])):
             y[i][j] = yi
-    # [N, bh, i, d, bw, j, d, Cout] → output row 2d·b + d·i + p.
-    y = jnp.stack([jnp.stack(y[i], axis=4) for i in range(2)], axis=2)
-    return y.reshape(n, bh * 2 * d, bw * 2 * d, co)[:, :ho, :wo]
+    # [N, bh, i, d, bw, j, d, Cout] → output row m·d·b + d·i + p.
+    y = jnp.stack([jnp.stack(y[i], axis=4) for i in range(m)], axis=2)
+    return y.reshape(n, bh * m * d, bw * m * d, co)[:, :ho, :wo]
 
 
 # Winograd forward; the backward recomputes the input transform from (x, k) instead of keeping
-# the transformed tiles (4× the input) alive between the passes.
-conv3x3_winograd = jax.custom_vjp(_winograd_conv, nondiff_argnums=(2, 3, 4))
+# the transformed tiles ((m+2)²/m² × the input) alive between the passes.
+_conv3x3_winograd = jax.custom_vjp(_winograd_conv, nondiff_argnums=(2, 3, 4, 5))
 
 
-def _conv3x3_winograd_fwd(x, k, padding, d, precision):
-    return conv3x3_winograd(x, k, padding, d, precision), (x, k)
+def _conv3x3_winograd_fwd(x, k, padding, d, precision, m):
+    return _conv3x3_winograd(x, k, padding, d, precision, m), (x, k)
 
 
-def _conv3x3_winograd_bwd(padding, d, precision, res, dy):
-    _, vjp = jax.vjp(lambda x, k: _winograd_conv(x, k, padding, d, precision), *res)
-    return vjp(dy)
+def after(value, *dependencies):
+    """``value``, computed only once every array of ``dependencies`` is: a scheduling fence.
+
+    Adds ``0 · Σ dependency`` (XLA does not fold a float multiplication by zero, and
+    ``jax.lax.optimization_barrier`` is expanded before XLA:CPU schedules, so it orders
+    nothing there). Exact for finite values; a non-finite dependency makes ``value`` NaN, which
+    the trainer's non-finite guard catches as it would the gradient itself.
+    """
+    zero = sum(jnp.sum(dep) for dep in dependencies) * 0
+    return value + zero.astype(value.dtype)
 
 
-conv3x3_winograd.defvjp(_conv3x3_winograd_fwd, _conv3x3_winograd_bwd)
+def _conv3x3_winograd_bwd(padding, d, precision, m, res, dy):
+    x, k = res
+    # Recompute the transform from an input that depends on dy: otherwise XLA's CSE merges it
+    # with the forward's, and every conv's tiles ((m+2)²/m² × its input) stay alive from the
+    # forward to its backward. One element of dy is enough to order it (cheap).
+    x = after(x, dy[(0,) * dy.ndim])
+    _, vjp = jax.vjp(lambda x, k: _winograd_conv(x, k, padding, d, precision, m), x, k)
+    dx, dk = vjp(dy)
+    # The kernel gradient only feeds the optimiser, and XLA:CPU's schedulers (all three)
+    # deferred its GEMMs to the end of the backward, keeping this conv's tiles and transformed
+    # dy alive through every earlier layer's backward. Making dx wait for dk frees them here.
+    return after(dx, dk), dk
+
+
+_conv3x3_winograd.defvjp(_conv3x3_winograd_fwd, _conv3x3_winograd_bwd)
+
+
+def conv3x3_winograd(x, k, padding, d, precision=None, m=None):
+    """Stride-1, dilation-``d`` 3×3 NHWC/HWIO conv as Winograd F(m×m, 3×3) GEMMs.
+
+    Args:
+      x: ``[N, H, W, Cin]`` input.
+      k: ``[3, 3, Cin, Cout]`` kernel.
+      padding: ``((top, bottom), (left, right))``, non-negative ints.
+      d: kernel dilation (the same both ways).
+      precision: passed to the GEMMs.
+      m: output tile size, 2 or 4; ``None``: :func:`active_output_tile`.
+
+    Returns:
+      ``[N, Ho, Wo, Cout]``, the convolution (custom VJP: the backward recomputes the
+      transforms from ``x`` and ``k``; nothing of size tiles × channels is kept between passes).
+
+    Raises:
+      ValueError: ``m`` is not one of :data:`OUTPUT_TILES`.
+    """
+    m = active_output_tile() if m is None else _check_tile(m)
+    return _conv3x3_winograd(x, k, tuple(map(tuple, padding)), int(d), precision, m)
