@@ -64,21 +64,6 @@ def current_rss_bytes() -> int:
     return _proc_status_bytes("VmRSS") or 0
 
 
-def malloc_trim() -> bool:
-    """Returns the C heap's free memory to the OS (glibc ``malloc_trim(0)``); False elsewhere.
-
-    XLA's compiler frees its working memory (~2 GiB for a ResNet-50 train step) into glibc's
-    heap, which keeps it: without this the process's RSS stays at the compiler's peak and the
-    step's buffers are mapped on top of it (docs/PERFORMANCE.md, 2026-12-02).
-    """
-    import ctypes
-
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
 def times_ms(fn: Callable[[], object], steps: int) -> list[float]:
     """Wall time in ms of each of ``steps`` calls of ``fn()`` (no warm-up)."""
     times = []

@@ -53,8 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common, torchvision_step
+from segjax import compile_cache, ops, optim, sharding, trainer
 from segjax import config as config_lib
-from segjax import ops, optim, sharding, trainer
 from segjax.ops import winograd
 
 # Published dense peak FLOP/s (no sparsity) by ``device_kind`` substring: (float32, bfloat16).
@@ -238,7 +238,7 @@ def _eval_figures(net, cfg, state, images, steps: int, trim: bool = False) -> di
     compiled = forward.lower(variables, images).compile()
     compile_s = time.perf_counter() - start
     if trim:
-        common.malloc_trim()
+        compile_cache.release_freed_heap()
     ms = common.warm_median_ms(lambda: jax.block_until_ready(compiled(variables, images)), steps)
     return {"eval_compile_s": compile_s, "eval_img_s": images.shape[0] / (ms / 1e3)}
 
@@ -273,7 +273,8 @@ def run_jax(
     ``model`` is a name from ``segjax.models.names()`` or a ``flax.linen.Module`` following the
     model contract (``__call__(images, *, train)`` → ``{"out": logits, ...}``); ``peak`` is
     ``(FLOP/s, source)`` to use instead of measuring one; ``trim_after_compile`` returns the
-    compiler's freed heap to the OS after each compilation (``common.malloc_trim``).
+    compiler's freed heap to the OS after each compilation
+    (``segjax.compile_cache.release_freed_heap``).
 
     Raises:
       ValueError: ``conv_impl`` or ``cpu_scheduler`` is not a known choice.
@@ -290,7 +291,7 @@ def run_jax(
     compiled = ops.jit(step_fn, cfg, donate_argnums=0).lower(state, data).compile()
     compile_s = time.perf_counter() - start
     if trim_after_compile:
-        common.malloc_trim()
+        compile_cache.release_freed_heap()
     # XLA's cost analysis of an SPMD-partitioned step counts one device's share.
     executed_flops = _flops(compiled.cost_analysis()) * num_devices
     flops = _model_flops(net, tx, schedule, cfg, state, data, executed_flops)

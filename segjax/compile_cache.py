@@ -119,6 +119,32 @@ def _writable_dir(directory: str) -> str | None:
     return None if os.access(directory, os.W_OK | os.X_OK) else "not writable"
 
 
+def release_freed_heap() -> bool:
+    """Returns the C heap's free memory to the OS (glibc ``malloc_trim(0)``); False elsewhere.
+
+    XLA's compiler frees its working memory (~2 GiB for a ResNet-50 train step) into glibc's
+    heap, which keeps it: without this the process's RSS stays at the compiler's peak and the
+    step's buffers are mapped on top of it (docs/PERFORMANCE.md, 2026-12-02).
+    """
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def compile_and_release(jitted, *args):
+    """``jitted`` (a ``jax.jit`` function) compiled ahead of time for ``args``, with the
+    compiler's freed heap returned to the OS (:func:`release_freed_heap`) before the executable
+    first runs, so the step's buffers do not pile onto the compiler's peak. The persistent
+    cache serves this compile as it serves a first call; call the result with arguments of the
+    same shapes and shardings."""
+    compiled = jitted.lower(*args).compile()
+    release_freed_heap()
+    return compiled
+
+
 def setup(config: Any = None, environ: Mapping[str, str] | None = None) -> str | None:
     """Turns JAX's persistent compilation cache on (or off) for this process, as
     :func:`resolve` says; returns the directory, or None when the cache is off.

@@ -23,6 +23,7 @@ import optax
 
 from segjax import (
     checkpoint,
+    compile_cache,
     input_pipeline,
     logs,
     models,
@@ -488,6 +489,7 @@ class _TrainingRun:
         guard = _NonFiniteGuard(start, int(jax.device_get(state.nonfinite)), cfg)
         fields = ("image", *self.trainer.task.loss_fields)
         pending, step, dropped = [], start, 0
+        step_fn = None  # compiled ahead of time at the first batch (compile_and_release)
         with _StopSignal() as stop:
             while step < num_steps:
                 host_batch = next(batches)
@@ -495,7 +497,11 @@ class _TrainingRun:
                 dropped += int(np.sum(host_batch.get("num_dropped", 0)))
                 host_batch = {k: v for k, v in host_batch.items() if k in fields}
                 batch = sharding.host_to_global(host_batch, self.trainer.mesh)
-                state, step_metrics = self.trainer.train_step(state, batch)
+                if step_fn is None:
+                    step_fn = compile_cache.compile_and_release(
+                        self.trainer.train_step, state, batch
+                    )
+                state, step_metrics = step_fn(state, batch)
                 step += 1
                 pending.append(step_metrics)
                 if step % cfg.log_every == 0 or step == num_steps:
