@@ -71,8 +71,9 @@ def event_times_ms(trace_dir: str) -> collections.Counter:
     return totals
 
 
-def profile(model, batch, size, conv_impl, cpu_scheduler, num_classes=21):
-    """Compiles and traces one train step; returns (wall ms, [(ms, instruction, kind, op)])."""
+def profile(model, batch, size, conv_impl, cpu_scheduler, num_classes=21, evaluate=False):
+    """Compiles and traces one train step (``evaluate``: one ``train=False`` forward pass, as
+    ``benchmarks.train_step`` times it); returns (wall ms, [(ms, instruction, kind, op)])."""
     net, _, cfg, tx, schedule, state, data = train_step.train_setup(
         model,
         batch,
@@ -81,17 +82,29 @@ def profile(model, batch, size, conv_impl, cpu_scheduler, num_classes=21):
         conv_impl=conv_impl,
         cpu_scheduler=cpu_scheduler,
     )
-    step = ops.jit(trainer.make_train_step(net, tx, schedule, cfg), cfg, donate_argnums=0)
-    compiled = step.lower(state, data).compile()
+    if evaluate:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        forward = ops.jit(lambda v, x: net.apply(v, x, train=False)["out"], cfg)
+        compiled = forward.lower(variables, data["image"]).compile()
+
+        def run():
+            jax.block_until_ready(compiled(variables, data["image"]))
+    else:
+        step = ops.jit(trainer.make_train_step(net, tx, schedule, cfg), cfg, donate_argnums=0)
+        compiled = step.lower(state, data).compile()
+
+        def run():
+            nonlocal state
+            state, metrics = compiled(state, data)
+            jax.block_until_ready(metrics["loss"])
+
     known = instructions(compiled.as_text())
     for _ in range(2):
-        state, metrics = compiled(state, data)
-        jax.block_until_ready(metrics["loss"])
+        run()
     with tempfile.TemporaryDirectory() as trace_dir:
         start = time.perf_counter()
         with jax.profiler.trace(trace_dir):
-            state, metrics = compiled(state, data)
-            jax.block_until_ready(metrics["loss"])
+            run()
         wall_ms = (time.perf_counter() - start) * 1e3
         totals = event_times_ms(trace_dir)
     rows = sorted(
@@ -114,15 +127,19 @@ def main(argv=None):
     )
     p.add_argument("--cpu-scheduler", default="memory", choices=("memory", "concurrency", "xla"))
     p.add_argument("--top", type=int, default=25, help="instructions to list")
+    p.add_argument("--eval", action="store_true", help="profile the train=False forward pass")
     args = p.parse_args(argv)
     conv_impl = ops.resolve_conv_impl(args.conv_impl)
-    wall_ms, rows = profile(args.model, args.batch, args.size, conv_impl, args.cpu_scheduler)
+    wall_ms, rows = profile(
+        args.model, args.batch, args.size, conv_impl, args.cpu_scheduler, evaluate=args.eval
+    )
+    what = "eval forward" if args.eval else "step"
     by_kind = collections.Counter()
     for ms, _, kind, _ in rows:
         by_kind[kind] += ms
     print(
         f"{args.model}, batch {args.batch}, {args.size}², conv_impl={conv_impl}, "
-        f"cpu_scheduler={args.cpu_scheduler}: traced step {wall_ms:.0f} ms, "
+        f"cpu_scheduler={args.cpu_scheduler}: traced {what} {wall_ms:.0f} ms, "
         f"summed op time {sum(by_kind.values()):.0f} ms"
     )
     print("by kind (ms):", ", ".join(f"{k} {v:.0f}" for k, v in by_kind.most_common(12)))

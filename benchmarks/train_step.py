@@ -266,7 +266,7 @@ def run_jax(
     cpu_scheduler: str = "memory",
     evaluate: bool = True,
     peak: tuple[float, str] | None = None,
-    trim_after_compile: bool = False,
+    trim_after_compile: bool = True,
 ) -> dict:
     """Benchmarks one model; returns a dict of figures (see the module docstring).
 
@@ -397,8 +397,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--malloc-trim",
-        action="store_true",
-        help="return the compiler's freed heap to the OS after each compile (glibc)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="return the compiler's freed heap to the OS after each compile (glibc), as the "
+        "trainer does (default; --no-malloc-trim for the figures measured before 2026-12-02)",
     )
     p.add_argument("--compare", default=None, choices=("torchvision",))
     p.add_argument("--torch-python", default=None, help="interpreter with torch + torchvision")

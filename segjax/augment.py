@@ -16,12 +16,14 @@ class ids with 255 = ignore.
   (random displacements on a coarse grid, bicubically interpolated).
 """
 
+from __future__ import annotations
+
 import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
+from segjax.lazy_imports import tf
 from segjax.metrics import IGNORE_INDEX
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

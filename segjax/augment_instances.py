@@ -31,13 +31,15 @@ does for its LSJ recipe; boxes that need no clipping keep their annotated value.
 drops instances whose mask is empty after the transform; evaluation keeps every instance.
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping, Sequence
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from segjax import augment
+from segjax.lazy_imports import tf
 
 OVERFLOW_MODES = ("error", "drop_smallest")
 # Per-instance fields a transform carries, in output order; "areas" only when present.

@@ -6,6 +6,8 @@ Flag groups are defined once per process (the ``define_*`` functions are cached)
 can be imported side by side; each tool takes the groups it needs at import time.
 """
 
+from __future__ import annotations
+
 import contextlib
 import functools
 import os
@@ -15,12 +17,12 @@ import tempfile
 import types
 
 import ml_collections
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from segjax import compile_cache, inference, sharding, trainer
+from segjax.lazy_imports import tf
 from segjax.logs import fail
 
 __all__ = [
@@ -241,17 +243,15 @@ def setup_runtime(
     process_id: int = -1,
     config: ml_collections.ConfigDict | None = None,
 ) -> str | None:
-    """Keeps TensorFlow (used for tf.data only) off accelerators, silences TFDS's progress bars
-    (segjax prints its own progress line), starts multi-process JAX and turns on the persistent
-    compilation cache (:func:`segjax.compile_cache.setup`) for ``config`` — by default the
-    ``--config`` flag's, when the tool has one. Call it before anything compiles.
+    """Silences TFDS's progress bars (segjax prints its own progress line; TensorFlow is set up
+    for tf.data when it loads, :mod:`segjax.lazy_imports`), starts multi-process JAX and turns
+    on the persistent compilation cache (:func:`segjax.compile_cache.setup`) for ``config`` —
+    by default the ``--config`` flag's, when the tool has one. Call it before anything compiles.
 
     Returns:
       The compilation cache directory, or None when the cache is off.
     """
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-    tf.config.set_visible_devices([], "GPU")
-    tf.get_logger().setLevel("ERROR")
     tfds.disable_progress_bar()
     sharding.maybe_initialize_distributed(coordinator, num_processes, process_id)
     if config is None and "config" in flags.FLAGS:

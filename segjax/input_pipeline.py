@@ -13,6 +13,8 @@ Evaluation: full-resolution images padded to ``config.data.eval_pad_size`` (imag
 batches; every real pixel is counted exactly once and padding never.
 """
 
+from __future__ import annotations
+
 import atexit
 import dataclasses
 import math
@@ -21,10 +23,10 @@ from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from segjax import augment, augment_instances
 from segjax.data.base import Source
+from segjax.lazy_imports import tf
 from segjax.metrics import IGNORE_INDEX
 
 # Extra per-pixel fields (``Source.info.fields``) each pipeline carries through its transform.
@@ -161,7 +163,7 @@ class _Batches:
     ends its threads cleanly.
     """
 
-    _live: "weakref.WeakSet[_Batches]" = weakref.WeakSet()
+    _live: weakref.WeakSet[_Batches] = weakref.WeakSet()
 
     def __init__(self, ds: tf.data.Dataset):
         self._iterator = ds.as_numpy_iterator()

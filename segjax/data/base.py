@@ -14,13 +14,15 @@ and evaluation:
   the dataset was prepared.
 """
 
+from __future__ import annotations
+
 import dataclasses
 from collections.abc import Callable, Sequence
 
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from segjax.data.records import RecordReader
+from segjax.lazy_imports import tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +130,7 @@ class Source:
         fields: Sequence[str] = (),
         task: str = "semantic",
         category_ids: Sequence[int] = (),
-    ) -> "Source":
+    ) -> Source:
         """The source of a prepared ``builder`` with every split it holds; ``palette`` defaults
         to :func:`default_palette`; ``fields`` names the extra fields ``to_example`` yields,
         ``task`` and ``category_ids`` are :class:`DatasetInfo`'s."""

@@ -12,13 +12,15 @@ rectification border, out of roi, static, dynamic, ground, parking, rail track, 
 bridge, tunnel, polegroup, caravan, trailer, license plate) becomes 255.
 """
 
+from __future__ import annotations
+
 import os
 
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from segjax.data import builders, image_io
 from segjax.data.base import Source
+from segjax.lazy_imports import tf
 
 CLASS_NAMES = (
     "road",

@@ -39,6 +39,8 @@ time), the image folders and the options that change what is stored, so editing 
 prepares it again.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
@@ -49,7 +51,6 @@ from collections.abc import Iterable
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from pycocotools import mask as mask_utils
 
@@ -57,6 +58,7 @@ from segjax import config as config_lib
 from segjax.data import builders, image_io
 from segjax.data.base import Source
 from segjax.data.image_io import DataError
+from segjax.lazy_imports import tf
 
 BACKGROUND = "__background__"
 PLACEHOLDER = "N/A"  # names of the category ids a dataset does not use (label_map="category_id")

@@ -24,6 +24,8 @@ numbers; ids must fit 0..65535. Palette, colour and 1-bit files are refused: a c
 index is not an id, and a 1-bit file is a class mask.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import io
 import logging
@@ -32,9 +34,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
+from segjax.lazy_imports import tf
 from segjax.metrics import IGNORE_INDEX
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

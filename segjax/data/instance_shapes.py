@@ -23,13 +23,15 @@ all False, ``areas`` the mask pixel counts). Everything is a pure function of
 under the TFDS ``data_dir`` in a few seconds, ``tiny`` (24 / 8) is for tests.
 """
 
+from __future__ import annotations
+
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from scipy import ndimage
 
 from segjax.data.base import Source
 from segjax.data.shapes import ShapesConfig  # split sizes per config, as for shapes
+from segjax.lazy_imports import tf
 
 CLASS_NAMES = ("__background__", "circle", "square", "triangle")
 CIRCLE, SQUARE, TRIANGLE = 1, 2, 3

@@ -13,12 +13,14 @@ Splits: ``train`` 3,680 (the official trainval) and ``test`` 3,669. TFDS downloa
 (``images.tar.gz``, ``annotations.tar.gz`` from robots.ox.ac.uk) on first use.
 """
 
+from __future__ import annotations
+
 import functools
 
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from segjax.data.base import Source
+from segjax.lazy_imports import tf
 from segjax.metrics import IGNORE_INDEX
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3

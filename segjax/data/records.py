@@ -13,15 +13,17 @@ The order is TFDS's own (the ``file_instructions`` of the split, in order, each 
 order): example ``i`` here is the ``i``-th example ``Source.as_dataset(split)`` yields.
 """
 
+from __future__ import annotations
+
 import os
 import struct
 import threading
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from segjax.data.image_io import DataError
+from segjax.lazy_imports import tf
 
 _HEADER = 12  # uint64 length + uint32 masked crc of the length
 _FOOTER = 4  # uint32 masked crc of the data
