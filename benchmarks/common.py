@@ -125,3 +125,98 @@ def module_json(
             f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}"
         )
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def serve_steps(
+    actions: dict[str, Callable[[], dict]],
+    finish: Callable[[], dict],
+    stdin=None,
+    stdout=None,
+) -> dict:
+    """The child half of an interleaved benchmark: runs named actions when the parent asks.
+
+    Prints ``{"ready": true}``, then for each command line read from ``stdin`` (an ``actions``
+    key) runs that action and prints ``{"ms": wall time, **its result}``; on ``finish`` (or end
+    of input) prints ``finish()``'s figures and returns them. One JSON object per line, flushed,
+    so that the parent (:class:`StepPeer`) can time its own steps between this child's: both
+    frameworks then see the same machine, whatever its speed does meanwhile.
+
+    Raises:
+      ValueError: a command that is not an action (the parent's bug).
+    """
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+
+    def reply(obj: dict) -> None:
+        stdout.write(json.dumps(obj) + "\n")
+        stdout.flush()
+
+    reply({"ready": True})
+    for line in stdin:
+        command = line.strip()
+        if command == "finish":
+            break
+        if command not in actions:
+            raise ValueError(f"unknown command {command!r}; expected one of {sorted(actions)}")
+        start = time.perf_counter()
+        result = actions[command]()
+        reply({"ms": (time.perf_counter() - start) * 1e3, **result})
+    figures = finish()
+    reply(figures)
+    return figures
+
+
+class StepPeer:
+    """The parent half of an interleaved benchmark: a child running :func:`serve_steps`.
+
+    ``StepPeer(cmd)`` starts ``cmd`` (stderr passed through) and waits for it to be ready;
+    ``run(action)`` has it run one action and returns the reply (``"ms"``: its wall time);
+    ``finish()`` returns its final figures and waits for it to exit. Use as a context manager
+    so that the child is killed if the parent fails midway.
+
+    Raises:
+      RuntimeError: the child exited or answered something that is not JSON.
+    """
+
+    def __init__(self, cmd: Sequence[str], env: dict[str, str] | None = None):
+        env = dict(os.environ if env is None else env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+        self.cmd = list(cmd)
+        self.proc = subprocess.Popen(
+            self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self._read()  # {"ready": true}
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(f"{' '.join(self.cmd)} exited with code {code} before answering")
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            raise RuntimeError(
+                f"{' '.join(self.cmd)} answered {line.strip()!r}, not JSON"
+            ) from None
+
+    def run(self, action: str) -> dict:
+        """Has the child run ``action`` once; returns its reply (``"ms"`` and its result)."""
+        self.proc.stdin.write(action + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def finish(self) -> dict:
+        """The child's final figures; the child has exited when this returns."""
+        self.proc.stdin.write("finish\n")
+        self.proc.stdin.flush()
+        figures = self._read()
+        self.proc.wait()
+        return figures
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        return False

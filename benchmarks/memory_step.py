@@ -134,7 +134,7 @@ def run(args) -> dict:
     import jax
 
     from benchmarks import train_step
-    from segjax import compile_cache, ops, trainer
+    from segjax import host_heap, ops, trainer
     from segjax.ops import winograd
 
     if args.remat_blocks:
@@ -168,7 +168,7 @@ def run(args) -> dict:
     out["memory_analysis"] = _memory_analysis(compiled)
     out["after_compile"] = _rss()
     if args.malloc_trim:
-        out["malloc_trim_returned"] = compile_cache.release_freed_heap()
+        out["malloc_trim_returned"] = host_heap.release_freed_heap()
         out["after_trim"] = _rss()
     if args.compile_only:
         return out

@@ -75,19 +75,9 @@ def _train_step_fn(net, images, labels):
             loss = loss + common.AUX_WEIGHT * aux
         loss.backward()
         opt.step()
-        return loss
+        return loss.detach()
 
     return train_once, x
-
-
-def _eval_img_s(net, x, steps: int) -> float:
-    """Images/s of the ``eval()`` forward under ``inference_mode``, after one warm-up call."""
-    import torch
-
-    net.eval()
-    with torch.inference_mode():
-        ms = common.warm_median_ms(lambda: net(x), steps)
-    return x.shape[0] / (ms / 1e3)
 
 
 def _matmul_peak() -> float:
@@ -97,6 +87,50 @@ def _matmul_peak() -> float:
     a = torch.ones(2048, 2048)
     torch.mm(a, a)
     return 2 * 2048**3 / (min(common.times_ms(lambda: torch.mm(a, a), 5)) / 1e3)
+
+
+def _setup(model: str, batch: int, size: int, *, num_classes: int, threads: int | None):
+    """``(figures, train_once, eval_once)`` after the warm-up train step: the torchvision model
+    on a random batch; ``figures`` holds the versions, settings and first-step time."""
+    check_comparable(model)
+    torch, torchvision = _import_torch()
+    torch.set_num_threads(threads or common.cpu_cores())
+    torch.manual_seed(0)
+    builder_name, aux = TORCHVISION_MODELS[model]
+    builder = getattr(torchvision.models.segmentation, builder_name)
+    kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
+    net = builder(**kwargs, **({"aux_loss": True} if aux else {}))
+    train_once, x = _train_step_fn(net, *common.random_batch(batch, size, num_classes))
+
+    def eval_once():
+        net.eval()
+        with torch.inference_mode():
+            return net(x)
+
+    start = time.perf_counter()
+    train_once()  # warm-up (first-call allocations, oneDNN primitive creation)
+    figures = {
+        "framework": "torchvision",
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "threads": torch.get_num_threads(),
+        "model": model,
+        "batch": batch,
+        "size": size,
+        "dtype": "float32",
+        "first_step_s": time.perf_counter() - start,
+    }
+    return figures, train_once, eval_once
+
+
+def _process_figures() -> dict:
+    """The figures measured last: matmul peak, peak RSS, load average."""
+    return {
+        "matmul_peak_flops": _matmul_peak(),
+        "peak_memory_bytes": common.peak_rss_bytes(),
+        "peak_memory_kind": "process peak RSS",
+        "load_average_1min_at_end": os.getloadavg()[0],
+    }
 
 
 def run_torch(
@@ -115,43 +149,60 @@ def run_torch(
       ImportError: torch or torchvision is not installed.
       KeyError: no torchvision equivalent of ``model``.
     """
-    check_comparable(model)
-    torch, torchvision = _import_torch()
-    torch.set_num_threads(threads or common.cpu_cores())
-    torch.manual_seed(0)
-    builder_name, aux = TORCHVISION_MODELS[model]
-    builder = getattr(torchvision.models.segmentation, builder_name)
-    kwargs = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
-    net = builder(**kwargs, **({"aux_loss": True} if aux else {}))
-    train_once, x = _train_step_fn(net, *common.random_batch(batch, size, num_classes))
-
-    start = time.perf_counter()
-    train_once()  # warm-up (first-call allocations, oneDNN primitive creation)
-    first_s = time.perf_counter() - start
+    out, train_once, eval_once = _setup(
+        model, batch, size, num_classes=num_classes, threads=threads
+    )
     step_times = common.times_ms(train_once, steps)
+    out.update(step_times_figures(batch, step_times, float(train_once())))
+    if evaluate:
+        out["eval_img_s"] = batch / (common.warm_median_ms(eval_once, steps) / 1e3)
+    out.update(_process_figures())
+    return out
+
+
+def step_times_figures(batch: int, step_times: list[float], loss: float) -> dict:
+    """``step_ms`` (median), ``step_times_ms``, ``train_img_s`` and ``loss`` of timed steps."""
     step_ms = statistics.median(step_times)
-    out = {
-        "framework": "torchvision",
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "threads": torch.get_num_threads(),
-        "model": model,
-        "batch": batch,
-        "size": size,
-        "dtype": "float32",
-        "first_step_s": first_s,
+    return {
         "step_ms": step_ms,
         "step_times_ms": step_times,
         "train_img_s": batch / (step_ms / 1e3),
-        "loss": float(train_once()),
+        "loss": loss,
     }
-    if evaluate:
-        out["eval_img_s"] = _eval_img_s(net, x, steps)
-    out["matmul_peak_flops"] = _matmul_peak()
-    out["peak_memory_bytes"] = common.peak_rss_bytes()
-    out["peak_memory_kind"] = "process peak RSS"
-    out["load_average_1min_at_end"] = os.getloadavg()[0]
-    return out
+
+
+def serve(model: str, batch: int, size: int, *, num_classes: int = 21, threads=None) -> dict:
+    """:func:`common.serve_steps` for the torchvision model: actions ``train`` (one train step,
+    replies its ``loss``) and ``eval`` (one eval forward); finishes with :func:`_setup`'s and
+    :func:`_process_figures`' figures. What :func:`start_peer` runs in the child."""
+    figures, train_once, eval_once = _setup(
+        model, batch, size, num_classes=num_classes, threads=threads
+    )
+
+    def train_action():
+        return {"loss": float(train_once())}
+
+    def eval_action():
+        eval_once()
+        return {}
+
+    actions = {"train": train_action, "eval": eval_action}
+    return common.serve_steps(actions, lambda: {**figures, **_process_figures()})
+
+
+def start_peer(python: str, model: str, batch: int, size: int, **settings) -> common.StepPeer:
+    """:func:`serve` in a child ``python``, ready for interleaved steps (its warm-up step done).
+
+    ``settings``: ``num_classes``, ``threads``.
+
+    Raises:
+      RuntimeError: the child failed before it was ready.
+    """
+    args = ["--model", model, "--batch", str(batch), "--size", str(size), "--serve"]
+    for key in ("num_classes", "threads"):
+        if settings.get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(settings[key])]
+    return common.StepPeer([python, "-m", "benchmarks.torchvision_step", *args])
 
 
 def torch_python(explicit: str | None) -> str:
@@ -201,7 +252,16 @@ def main(argv=None) -> dict:
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     p.add_argument("--no-eval", action="store_true")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="run steps when asked on stdin (benchmarks.common.serve_steps), for interleaving",
+    )
     args = p.parse_args(argv)
+    if args.serve:
+        return serve(
+            args.model, args.batch, args.size, num_classes=args.num_classes, threads=args.threads
+        )
     try:
         result = run_torch(
             args.model,

@@ -47,14 +47,15 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common, torchvision_step
-from segjax import compile_cache, ops, optim, sharding, trainer
 from segjax import config as config_lib
+from segjax import host_heap, ops, optim, sharding, trainer
 from segjax.ops import winograd
 
 # Published dense peak FLOP/s (no sparsity) by ``device_kind`` substring: (float32, bfloat16).
@@ -214,22 +215,65 @@ def _model_flops(net, tx, schedule, cfg, state, data, executed: float) -> float:
     return _flops(plain_step.lower(state, data).cost_analysis())
 
 
-def _timed_train_steps(compiled, state, data, steps: int):
-    """``(state, step times ms, loss)``: a warm-up step, ``steps`` timed, one more for the loss."""
+class Interleaved:
+    """The peer's steps run between ours: after each of our timed steps, one of the peer's.
+
+    ``start`` makes the peer (a :class:`benchmarks.common.StepPeer` that has done its warm-up
+    step); it is called when our train steps are about to be timed, after our compilation, so
+    that neither framework's timing or compile shares the CPU with the other's work. The
+    peer's step times, last loss and eval times are kept in ``times`` / ``loss``.
+    """
+
+    def __init__(self, start: Callable[[], common.StepPeer]):
+        self._start = start
+        self.peer: common.StepPeer | None = None
+        self.times: dict[str, list[float]] = {"train": [], "eval": []}
+        self.loss: float | None = None
+
+    def start(self) -> None:
+        """Starts the peer (once)."""
+        if self.peer is None:
+            self.peer = self._start()
+
+    def step(self, action: str, timed: bool = True) -> None:
+        """Has the peer run one ``action`` (``train`` / ``eval``), keeping its time if ``timed``."""
+        reply = self.peer.run(action)
+        if timed:
+            self.times[action].append(reply["ms"])
+        if "loss" in reply:
+            self.loss = reply["loss"]
+
+
+def _timed_train_steps(compiled, state, data, steps: int, peer: Interleaved | None = None):
+    """``(state, step times ms, loss)``: a warm-up step, ``steps`` timed, one more for the loss.
+
+    With ``peer``, each of our steps (warm-up and loss step included) is followed by one of the
+    peer's."""
     holder = {"state": state}
 
     def train_once():
         holder["state"], metrics = compiled(holder["state"], data)
         jax.block_until_ready(metrics["loss"])
 
+    if peer:
+        peer.start()
     train_once()  # warm-up
-    step_times = common.times_ms(train_once, steps)
+    step_times = []
+    for _ in range(steps):
+        step_times += common.times_ms(train_once, 1)
+        if peer:
+            peer.step("train")
     holder["state"], metrics = compiled(holder["state"], data)
+    if peer:
+        peer.step("train", timed=False)  # its loss after as many steps as ours
     return holder["state"], step_times, float(metrics["loss"])
 
 
-def _eval_figures(net, cfg, state, images, steps: int, trim: bool = False) -> dict:
-    """Compile time and images/s of the ``train=False`` forward pass, jitted as training does."""
+def _eval_figures(
+    net, cfg, state, images, steps: int, trim: bool = False, peer: Interleaved | None = None
+) -> dict:
+    """Compile time and images/s of the ``train=False`` forward pass, jitted as training does
+    (with ``peer``, one warm-up call each, then our calls and the peer's alternate)."""
     variables = {"params": state.params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
@@ -238,8 +282,20 @@ def _eval_figures(net, cfg, state, images, steps: int, trim: bool = False) -> di
     compiled = forward.lower(variables, images).compile()
     compile_s = time.perf_counter() - start
     if trim:
-        compile_cache.release_freed_heap()
-    ms = common.warm_median_ms(lambda: jax.block_until_ready(compiled(variables, images)), steps)
+        host_heap.release_freed_heap()
+
+    def eval_once():
+        jax.block_until_ready(compiled(variables, images))
+
+    eval_once()  # warm-up
+    if peer:
+        peer.step("eval", timed=False)
+    times = []
+    for _ in range(steps):
+        times += common.times_ms(eval_once, 1)
+        if peer:
+            peer.step("eval")
+    ms = statistics.median(times)
     return {"eval_compile_s": compile_s, "eval_img_s": images.shape[0] / (ms / 1e3)}
 
 
@@ -267,6 +323,7 @@ def run_jax(
     evaluate: bool = True,
     peak: tuple[float, str] | None = None,
     trim_after_compile: bool = True,
+    peer: Interleaved | None = None,
 ) -> dict:
     """Benchmarks one model; returns a dict of figures (see the module docstring).
 
@@ -274,7 +331,8 @@ def run_jax(
     model contract (``__call__(images, *, train)`` → ``{"out": logits, ...}``); ``peak`` is
     ``(FLOP/s, source)`` to use instead of measuring one; ``trim_after_compile`` returns the
     compiler's freed heap to the OS after each compilation
-    (``segjax.compile_cache.release_freed_heap``).
+    (``segjax.host_heap.release_freed_heap``); ``peer`` runs a peer's steps between ours
+    (:class:`Interleaved`).
 
     Raises:
       ValueError: ``conv_impl`` or ``cpu_scheduler`` is not a known choice.
@@ -291,11 +349,11 @@ def run_jax(
     compiled = ops.jit(step_fn, cfg, donate_argnums=0).lower(state, data).compile()
     compile_s = time.perf_counter() - start
     if trim_after_compile:
-        compile_cache.release_freed_heap()
+        host_heap.release_freed_heap()
     # XLA's cost analysis of an SPMD-partitioned step counts one device's share.
     executed_flops = _flops(compiled.cost_analysis()) * num_devices
     flops = _model_flops(net, tx, schedule, cfg, state, data, executed_flops)
-    state, step_times, loss = _timed_train_steps(compiled, state, data, steps)
+    state, step_times, loss = _timed_train_steps(compiled, state, data, steps, peer)
     step_ms = statistics.median(step_times)
 
     out = {
@@ -322,7 +380,7 @@ def run_jax(
         "loss": loss,
     }
     if evaluate:
-        out.update(_eval_figures(net, cfg, state, data["image"], steps, trim_after_compile))
+        out.update(_eval_figures(net, cfg, state, data["image"], steps, trim_after_compile, peer))
     out["peak_flops"] = peak_flops
     out["peak_source"] = peak_source
     out["mfu"] = flops / (step_ms / 1e3) / peak_flops
@@ -403,6 +461,14 @@ def _parser() -> argparse.ArgumentParser:
         "trainer does (default; --no-malloc-trim for the figures measured before 2026-12-02)",
     )
     p.add_argument("--compare", default=None, choices=("torchvision",))
+    p.add_argument(
+        "--interleave",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --compare: alternate our steps with torchvision's, both processes alive, so "
+        "that a change in machine speed meets both (default; --no-interleave runs torchvision "
+        "after segjax, e.g. when both at once do not fit in memory)",
+    )
     p.add_argument("--torch-python", default=None, help="interpreter with torch + torchvision")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     p.add_argument(
@@ -439,17 +505,33 @@ def _split_host(args) -> None:
     sharding.configure_host_devices(host)
 
 
-def _compare(python: str, args, ours: dict, common_kw: dict, summary: dict) -> dict:
-    """Runs the torchvision side in ``python``; adds its figures and the ratios to ``summary``."""
+def _peer_figures(interleaved: Interleaved, batch: int) -> dict:
+    """The torchvision figures of an interleaved run: its step and eval times and its own."""
+    theirs = interleaved.peer.finish()
+    train = interleaved.times["train"]
+    theirs.update(torchvision_step.step_times_figures(batch, train, interleaved.loss))
+    if interleaved.times["eval"]:
+        theirs["eval_img_s"] = batch / (statistics.median(interleaved.times["eval"]) / 1e3)
+    return theirs
+
+
+def _compare(
+    python: str, args, ours: dict, common_kw: dict, summary: dict, interleaved=None
+) -> dict:
+    """The torchvision side's figures (from ``interleaved``, or run now in ``python``), added
+    to ``summary`` with the ratios."""
     try:
-        theirs = torchvision_step.run_in_child(
-            python,
-            args.model,
-            args.batch,
-            args.size,
-            threads=args.threads or ours["threads"],
-            **common_kw,
-        )
+        if interleaved is not None:
+            theirs = _peer_figures(interleaved, args.batch)
+        else:
+            theirs = torchvision_step.run_in_child(
+                python,
+                args.model,
+                args.batch,
+                args.size,
+                threads=args.threads or ours["threads"],
+                **common_kw,
+            )
     except RuntimeError as e:
         raise SystemExit(f"torchvision benchmark: {e}") from None
     summary["torchvision"] = theirs
@@ -470,8 +552,9 @@ def _print_report(args, summary: dict) -> None:
         f"{args.model}, batch {args.batch}, {args.size}×{args.size}, {args.dtype}, "
         f"{ours['backend']} ({ours['device_kind']}) × {ours['devices']} device(s), "
         f"load average {summary['load_average_1min_at_start']:.2f} at start; "
-        f"step times are medians of {args.steps} after 1 warm-up; "
-        f"Winograd F({ours['winograd_tile']}×{ours['winograd_tile']}, 3×3)"
+        f"step times are medians of {args.steps} after 1 warm-up"
+        + (", interleaved with torchvision's; " if summary.get("interleaved") else "; ")
+        + f"Winograd F({ours['winograd_tile']}×{ours['winograd_tile']}, 3×3)"
         + (", malloc_trim after compiling" if ours["malloc_trim"] else "")
     )
     print(_fmt([ours] + ([theirs] if theirs else [])))
@@ -500,24 +583,48 @@ def _print_report(args, summary: dict) -> None:
 def main(argv=None) -> dict:
     """CLI entry point; returns the figures (also printed, with ``--json`` as one JSON line)."""
     args = _parser().parse_args(argv)
+    host_heap.reuse_freed_memory()  # as every segjax command does (segjax.cli.setup_runtime)
     python = _torch_python_or_exit(args)
     _split_host(args)
     common_kw = dict(steps=args.steps, num_classes=args.num_classes, evaluate=not args.no_eval)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    with winograd.output_tile_scope(args.winograd_tile):
-        ours = run_jax(
-            args.model,
-            args.batch,
-            args.size,
-            dtype=args.dtype,
-            conv_impl=args.conv_impl,
-            cpu_scheduler=args.cpu_scheduler,
-            trim_after_compile=args.malloc_trim,
-            **common_kw,
+    interleaved = None
+    if python and args.interleave:
+        interleaved = Interleaved(
+            lambda: torchvision_step.start_peer(
+                python,
+                args.model,
+                args.batch,
+                args.size,
+                num_classes=args.num_classes,
+                threads=args.threads or common.cpu_cores(),
+            )
         )
-    summary = {"segjax": ours, "load_average_1min_at_start": load}
-    if python:
-        _compare(python, args, ours, common_kw, summary)
+    try:
+        with winograd.output_tile_scope(args.winograd_tile):
+            ours = run_jax(
+                args.model,
+                args.batch,
+                args.size,
+                dtype=args.dtype,
+                conv_impl=args.conv_impl,
+                cpu_scheduler=args.cpu_scheduler,
+                trim_after_compile=args.malloc_trim,
+                peer=interleaved,
+                **common_kw,
+            )
+        summary = {
+            "segjax": ours,
+            "load_average_1min_at_start": load,
+            "interleaved": interleaved is not None,
+        }
+        if python:
+            _compare(python, args, ours, common_kw, summary, interleaved)
+    except RuntimeError as e:  # the peer failed midway
+        raise SystemExit(f"torchvision benchmark: {e}") from None
+    finally:
+        if interleaved is not None and interleaved.peer is not None:
+            interleaved.peer.__exit__(None, None, None)
     _print_report(args, summary)
     if args.json:
         print(json.dumps(summary))

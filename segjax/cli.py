@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segjax import compile_cache, inference, sharding, trainer
+from segjax import compile_cache, host_heap, inference, sharding, trainer
 from segjax.lazy_imports import tf
 from segjax.logs import fail
 
@@ -243,7 +243,8 @@ def setup_runtime(
     process_id: int = -1,
     config: ml_collections.ConfigDict | None = None,
 ) -> str | None:
-    """Silences TFDS's progress bars (segjax prints its own progress line; TensorFlow is set up
+    """Keeps the step's freed host buffers mapped for reuse (:mod:`segjax.host_heap`), silences
+    TFDS's progress bars (segjax prints its own progress line; TensorFlow is set up
     for tf.data when it loads, :mod:`segjax.lazy_imports`), starts multi-process JAX and turns
     on the persistent compilation cache (:func:`segjax.compile_cache.setup`) for ``config`` —
     by default the ``--config`` flag's, when the tool has one. Call it before anything compiles.
@@ -251,6 +252,7 @@ def setup_runtime(
     Returns:
       The compilation cache directory, or None when the cache is off.
     """
+    host_heap.reuse_freed_memory()  # first: before JAX's thread pool takes its heap arenas
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     tfds.disable_progress_bar()
     sharding.maybe_initialize_distributed(coordinator, num_processes, process_id)

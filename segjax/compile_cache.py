@@ -36,6 +36,8 @@ from absl import logging
 from jax import monitoring
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
+from segjax import host_heap
+
 ENV_VAR = "SEGJAX_COMPILE_CACHE"
 OFF_VALUES = frozenset({"off", "0", "false", "no", "none"})
 ON_VALUES = frozenset({"on", "1", "true", "yes"})
@@ -119,29 +121,14 @@ def _writable_dir(directory: str) -> str | None:
     return None if os.access(directory, os.W_OK | os.X_OK) else "not writable"
 
 
-def release_freed_heap() -> bool:
-    """Returns the C heap's free memory to the OS (glibc ``malloc_trim(0)``); False elsewhere.
-
-    XLA's compiler frees its working memory (~2 GiB for a ResNet-50 train step) into glibc's
-    heap, which keeps it: without this the process's RSS stays at the compiler's peak and the
-    step's buffers are mapped on top of it (docs/PERFORMANCE.md, 2026-12-02).
-    """
-    import ctypes
-
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
 def compile_and_release(jitted, *args):
     """``jitted`` (a ``jax.jit`` function) compiled ahead of time for ``args``, with the
-    compiler's freed heap returned to the OS (:func:`release_freed_heap`) before the executable
-    first runs, so the step's buffers do not pile onto the compiler's peak. The persistent
-    cache serves this compile as it serves a first call; call the result with arguments of the
-    same shapes and shardings."""
+    compiler's freed heap returned to the OS (:func:`segjax.host_heap.release_freed_heap`)
+    before the executable first runs, so the step's buffers do not pile onto the compiler's
+    peak. The persistent cache serves this compile as it serves a first call; call the result
+    with arguments of the same shapes and shardings."""
     compiled = jitted.lower(*args).compile()
-    release_freed_heap()
+    host_heap.release_freed_heap()
     return compiled
 
 

@@ -128,3 +128,43 @@ def test_profile_step_attributes_time_to_layers():
     op_names = [op for *_, op in rows]
     assert any("jvp(UNet)" in op and "transpose(" not in op for op in op_names)
     assert any("transpose(jvp(UNet))" in op for op in op_names)
+
+
+_SERVING_CHILD = """
+from benchmarks import common
+calls = []
+def train():
+    calls.append("train")
+    return {"loss": float(len(calls))}
+common.serve_steps({"train": train}, lambda: {"calls": len(calls)})
+"""
+
+
+def test_step_peer_interleaves_with_a_serving_child():
+    """StepPeer drives a real child through serve_steps: one reply per action, then figures."""
+    with common.StepPeer([sys.executable, "-c", _SERVING_CHILD]) as peer:
+        replies = [peer.run("train") for _ in range(3)]
+        assert [r["loss"] for r in replies] == [1.0, 2.0, 3.0]
+        assert all(r["ms"] >= 0 for r in replies)
+        assert peer.finish() == {"calls": 3}
+    assert peer.proc.returncode == 0
+
+
+def test_step_peer_reports_a_failed_child():
+    with common.StepPeer([sys.executable, "-c", _SERVING_CHILD]) as peer:
+        with pytest.raises(RuntimeError, match="exited with code"):
+            peer.run("bogus")  # serve_steps raises on an unknown command and exits non-zero
+
+
+def test_interleaved_keeps_peer_times_and_loss():
+    interleaved = train_step.Interleaved(
+        lambda: common.StepPeer([sys.executable, "-c", _SERVING_CHILD])
+    )
+    interleaved.start()
+    with interleaved.peer:
+        interleaved.step("train", timed=False)
+        interleaved.step("train")
+        interleaved.step("train")
+        figures = train_step._peer_figures(interleaved, batch=2)
+    assert len(figures["step_times_ms"]) == 2 and figures["loss"] == 3.0
+    assert figures["calls"] == 3 and figures["train_img_s"] > 0
