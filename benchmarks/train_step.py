@@ -26,12 +26,15 @@ Reported:
   GPU/TPU (``PUBLISHED_PEAKS``);
 * ``peak_memory_bytes``: device ``memory_stats()["peak_bytes_in_use"]`` where the backend has
   it, else the peak resident set size of the process (``VmHWM``; includes compilation, the
-  Python runtime and, for segjax, TensorFlow imported by the input pipeline);
+  Python runtime; TensorFlow is not loaded, ``segjax.lazy_imports``);
 * ``--compare torchvision``: the same model from torchvision (same batch, size, loss, SGD),
   :mod:`benchmarks.torchvision_step` in a child process started by this command
   (``--torch-python``: an interpreter with torch and torchvision, JAX not needed; default this
   one), with as many torch threads as the CPU cores JAX uses, and the ratio
-  ``segjax train img/s ÷ torchvision train img/s`` (and the same for eval).
+  ``segjax train img/s ÷ torchvision train img/s`` (and the same for eval). By default
+  (``--interleave``) the child stays alive and runs one step after each of ours
+  (:class:`Interleaved`), so that the machine's speed changes meet both frameworks alike;
+  ``--no-interleave`` runs it after ours (both at once may not fit in memory).
 
 Both steps are jitted with ``segjax.ops.jit``, as training jits them: ``--conv-impl gemm`` (the
 default on CPU) traces every ``nn.Conv`` through ``segjax.ops.conv_general_dilated_gemm``
