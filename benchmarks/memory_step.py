@@ -25,6 +25,11 @@ block in ``nn.remat`` with a ``jax.checkpoint_policies`` policy (``nothing_savea
 ``dots_saveable`` …): a measurement of what rematerialisation would buy, not a model option.
 """
 
+if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
+    from segjax import host_heap
+
+    host_heap.restart_with_huge_pages()
+
 import argparse
 import glob
 import json

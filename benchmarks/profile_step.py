@@ -15,6 +15,11 @@ whether it is the forward or the backward (``transpose(jvp(...))``) pass. Times 
 in time add up, so the sum can exceed the step's wall time; the totals per kind are the useful part.
 """
 
+if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
+    from segjax import host_heap
+
+    host_heap.restart_with_huge_pages()
+
 import argparse
 import collections
 import glob

@@ -130,6 +130,7 @@ def _process_figures() -> dict:
         "peak_memory_bytes": common.peak_rss_bytes(),
         "peak_memory_kind": "process peak RSS",
         "load_average_1min_at_end": os.getloadavg()[0],
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
 
 
@@ -190,10 +191,12 @@ def serve(model: str, batch: int, size: int, *, num_classes: int = 21, threads=N
     return common.serve_steps(actions, lambda: {**figures, **_process_figures()})
 
 
-def start_peer(python: str, model: str, batch: int, size: int, **settings) -> common.StepPeer:
+def start_peer(
+    python: str, model: str, batch: int, size: int, env=None, **settings
+) -> common.StepPeer:
     """:func:`serve` in a child ``python``, ready for interleaved steps (its warm-up step done).
 
-    ``settings``: ``num_classes``, ``threads``.
+    ``settings``: ``num_classes``, ``threads``; ``env``: the child's environment (default ours).
 
     Raises:
       RuntimeError: the child failed before it was ready.
@@ -202,7 +205,7 @@ def start_peer(python: str, model: str, batch: int, size: int, **settings) -> co
     for key in ("num_classes", "threads"):
         if settings.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(settings[key])]
-    return common.StepPeer([python, "-m", "benchmarks.torchvision_step", *args])
+    return common.StepPeer([python, "-m", "benchmarks.torchvision_step", *args], env=env)
 
 
 def torch_python(explicit: str | None) -> str:
@@ -224,11 +227,12 @@ def torch_python(explicit: str | None) -> str:
     )
 
 
-def run_in_child(python: str, model: str, batch: int, size: int, **settings) -> dict:
+def run_in_child(python: str, model: str, batch: int, size: int, env=None, **settings) -> dict:
     """:func:`run_torch` in a child ``python`` (its own peak RSS, no JAX needed there).
 
     ``settings`` are :func:`run_torch`'s keywords (``steps``, ``num_classes``, ``threads``,
-    ``evaluate``), passed on as this module's command-line flags.
+    ``evaluate``), passed on as this module's command-line flags; ``env`` is the child's
+    environment (default ours).
 
     Raises:
       RuntimeError: the child failed (its stderr tail is in the message).
@@ -239,7 +243,7 @@ def run_in_child(python: str, model: str, batch: int, size: int, **settings) -> 
             args += [f"--{key.replace('_', '-')}", str(settings[key])]
     if not settings.get("evaluate", True):
         args.append("--no-eval")
-    return common.module_json(python, "torchvision_step", args)
+    return common.module_json(python, "torchvision_step", args, env=env)
 
 
 def main(argv=None) -> dict:

@@ -45,6 +45,11 @@ for both steps (``config.cpu_scheduler``; default ``memory``, as training uses).
 docs/PERFORMANCE.md for measured figures.
 """
 
+if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
+    from segjax import host_heap
+
+    host_heap.restart_with_huge_pages()
+
 import argparse
 import json
 import os
@@ -473,6 +478,13 @@ def _parser() -> argparse.ArgumentParser:
         "after segjax, e.g. when both at once do not fit in memory)",
     )
     p.add_argument("--torch-python", default=None, help="interpreter with torch + torchvision")
+    p.add_argument(
+        "--peer-huge-pages",
+        action="store_true",
+        help="with --compare: run torchvision with the glibc huge-page tunable segjax restarts "
+        "itself with (segjax.host_heap; default: torchvision gets the environment this command "
+        "was started in)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     p.add_argument(
         "--host-devices",
@@ -508,6 +520,12 @@ def _split_host(args) -> None:
     sharding.configure_host_devices(host)
 
 
+def _peer_environment(args) -> dict:
+    """torchvision's environment: the one this command was started in, without the huge-page
+    tunable segjax restarted itself with, unless ``--peer-huge-pages``."""
+    return dict(os.environ) if args.peer_huge_pages else host_heap.environment_before_restart()
+
+
 def _peer_figures(interleaved: Interleaved, batch: int) -> dict:
     """The torchvision figures of an interleaved run: its step and eval times and its own."""
     theirs = interleaved.peer.finish()
@@ -532,6 +550,7 @@ def _compare(
                 args.model,
                 args.batch,
                 args.size,
+                env=_peer_environment(args),
                 threads=args.threads or ours["threads"],
                 **common_kw,
             )
@@ -586,7 +605,6 @@ def _print_report(args, summary: dict) -> None:
 def main(argv=None) -> dict:
     """CLI entry point; returns the figures (also printed, with ``--json`` as one JSON line)."""
     args = _parser().parse_args(argv)
-    host_heap.reuse_freed_memory()  # as every segjax command does (segjax.cli.setup_runtime)
     python = _torch_python_or_exit(args)
     _split_host(args)
     common_kw = dict(steps=args.steps, num_classes=args.num_classes, evaluate=not args.no_eval)
@@ -599,6 +617,7 @@ def main(argv=None) -> dict:
                 args.model,
                 args.batch,
                 args.size,
+                env=_peer_environment(args),
                 num_classes=args.num_classes,
                 threads=args.threads or common.cpu_cores(),
             )

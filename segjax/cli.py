@@ -140,7 +140,10 @@ def load_model(config: ml_collections.ConfigDict, f) -> trainer.InferenceModel:
 
 
 def run_tool(main) -> None:
-    """``absl.app.run(main)`` with :func:`parse_flags` (one-line flag and config errors)."""
+    """``absl.app.run(main)`` with :func:`parse_flags` (one-line flag and config errors), in a
+    process whose large buffers use huge pages (:func:`segjax.host_heap.restart_with_huge_pages`;
+    the tools call it before their imports already, this catches any that does not)."""
+    host_heap.restart_with_huge_pages()
     app.run(main, flags_parser=parse_flags)
 
 
@@ -243,8 +246,7 @@ def setup_runtime(
     process_id: int = -1,
     config: ml_collections.ConfigDict | None = None,
 ) -> str | None:
-    """Keeps the step's freed host buffers mapped for reuse (:mod:`segjax.host_heap`), silences
-    TFDS's progress bars (segjax prints its own progress line; TensorFlow is set up
+    """Silences TFDS's progress bars (segjax prints its own progress line; TensorFlow is set up
     for tf.data when it loads, :mod:`segjax.lazy_imports`), starts multi-process JAX and turns
     on the persistent compilation cache (:func:`segjax.compile_cache.setup`) for ``config`` —
     by default the ``--config`` flag's, when the tool has one. Call it before anything compiles.
@@ -252,7 +254,6 @@ def setup_runtime(
     Returns:
       The compilation cache directory, or None when the cache is off.
     """
-    host_heap.reuse_freed_memory()  # first: before JAX's thread pool takes its heap arenas
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     tfds.disable_progress_bar()
     sharding.maybe_initialize_distributed(coordinator, num_processes, process_id)

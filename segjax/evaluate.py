@@ -14,6 +14,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
+    from segjax import host_heap
+
+    host_heap.restart_with_huge_pages()
+
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402

@@ -1,55 +1,102 @@
-"""The process's C heap (glibc malloc): keep the step's buffers mapped, return the compiler's.
+"""The process's C heap (glibc malloc): huge pages for the step's buffers, the compiler's returned.
 
 XLA:CPU allocates a compiled step's temporary buffer (1.4 GiB for a ResNet-50 train step at
-batch 4, 256²) with ``posix_memalign`` on every execution. glibc serves an allocation that
-large with a fresh ``mmap`` (from a worker thread's arena it always does, whatever
-``M_MMAP_THRESHOLD`` says) and unmaps it on free, so every step page-faults its whole temp
-buffer in again: ~400 000 minor faults and 0.7 s of kernel time per deeplabv3_resnet50 step on
-2 cores, ~10 % of the step (docs/PERFORMANCE.md, 2026-12-03). :func:`reuse_freed_memory` makes
-glibc serve every allocation from the one main heap and keep what is freed there, so the next
-step reuses the same pages; the peak is unchanged, since a step's buffers are freed before the
-next step's are taken. :func:`release_freed_heap` returns free heap memory to the OS on demand
-(after a compile, whose ~2 GiB working memory would otherwise stay resident).
+batch 4, 256²; 14 GiB at batch 8, 512²) with ``posix_memalign`` on every execution. glibc
+serves an allocation that large with a fresh ``mmap`` and unmaps it on free, so every step
+page-faults its whole temp buffer in again, one 4 KiB page at a time: ~400 000 minor faults and
+0.7 s of kernel time per deeplabv3_resnet50 step on 2 cores, ~10 % of the step
+(docs/PERFORMANCE.md, 2026-12-03).
 
-Both are no-ops (returning False) where the C library is not glibc.
+:func:`restart_with_huge_pages` re-executes the command with glibc's ``glibc.malloc.hugetlb=1``
+tunable, which ``madvise``\\s the memory malloc maps as transparent huge pages: the same buffer
+then faults in 2 MiB at a time (512× fewer faults), and is still unmapped when freed, so the
+peak is the step's own. (Keeping the freed buffer mapped instead — ``mallopt`` with one arena
+and no ``mmap`` — removed the faults too, but small allocations then split the freed block and
+the next step's buffer no longer fit in it: at batch 8, 512² the process grew past 24 GiB.)
+Tunables are read only when a process starts, hence the re-exec, done by the command-line
+entry points before anything heavy runs (:func:`segjax.cli.run_tool`).
+
+:func:`release_freed_heap` returns free heap memory to the OS on demand (after a compile, whose
+~2 GiB working memory would otherwise stay resident). Both do nothing where the C library is
+not glibc.
 """
 
 import ctypes
 import os
+import sys
 
-# mallopt(3) parameters (glibc malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-_INT_MAX = 2**31 - 1
-
-# Set to 0 to leave glibc's defaults alone (e.g. to measure their cost).
-OPT_OUT_ENV = "SEGJAX_REUSE_HEAP"
+TUNABLES_ENV = "GLIBC_TUNABLES"
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"  # glibc >= 2.35; older ones ignore it
+# Set to 0 to keep glibc's 4 KiB pages (e.g. to measure their cost).
+OPT_OUT_ENV = "SEGJAX_HUGE_PAGES"
+# What GLIBC_TUNABLES was before the restart added the tunable ("" for unset).
+_BEFORE_ENV = "SEGJAX_GLIBC_TUNABLES_BEFORE_RESTART"
+_THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
 def _libc():
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+        return libc if hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
 
 
-def reuse_freed_memory(environ=None) -> bool:
-    """Makes freed C-heap memory stay mapped for reuse (glibc ``mallopt``); True when applied.
+def transparent_huge_pages_mode(path: str = _THP_MODE_FILE) -> str | None:
+    """The kernel's THP mode (``always``, ``madvise`` or ``never``), None where it has none."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else None
 
-    One arena (``M_ARENA_MAX=1``: threads started after this call share the main heap, whose
-    large allocations obey the next setting), no ``mmap`` for large allocations
-    (``M_MMAP_MAX=0``) and no automatic trimming of the heap top (``M_TRIM_THRESHOLD``). Call it
-    early, before JAX's backend (and its thread pool) starts: :func:`segjax.cli.setup_runtime`
-    does. ``SEGJAX_REUSE_HEAP=0`` in the environment skips it.
-    """
-    environ = os.environ if environ is None else environ
-    libc = _libc()
-    if libc is None or environ.get(OPT_OUT_ENV, "1") == "0":
-        return False
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX))
-    return all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+def huge_page_environment(environ=None, thp_mode: str | None = "") -> dict | None:
+    """``environ`` with :data:`HUGE_PAGES_TUNABLE` added to ``GLIBC_TUNABLES``, or None when the
+    tunable is there already, was opted out of (``SEGJAX_HUGE_PAGES=0``) or cannot apply (no
+    glibc, or the kernel's THP mode is ``never`` or unknown; ``thp_mode`` overrides the one read
+    from sysfs)."""
+    environ = dict(os.environ if environ is None else environ)
+    mode = transparent_huge_pages_mode() if thp_mode == "" else thp_mode
+    tunables = environ.get(TUNABLES_ENV, "")
+    if (
+        environ.get(OPT_OUT_ENV, "1") == "0"
+        or "glibc.malloc.hugetlb" in tunables
+        or mode not in ("always", "madvise")
+        or _libc() is None
+    ):
+        return None
+    environ[TUNABLES_ENV] = f"{tunables}:{HUGE_PAGES_TUNABLE}" if tunables else HUGE_PAGES_TUNABLE
+    environ[_BEFORE_ENV] = tunables
+    return environ
+
+
+def environment_before_restart(environ=None) -> dict:
+    """``environ`` (default ``os.environ``) as it was before :func:`restart_with_huge_pages` added
+    the tunable: for a child that should run as it would have been run without segjax (the
+    torchvision peer of the benchmarks)."""
+    environ = dict(os.environ if environ is None else environ)
+    if _BEFORE_ENV in environ:
+        before = environ.pop(_BEFORE_ENV)
+        if before:
+            environ[TUNABLES_ENV] = before
+        else:
+            environ.pop(TUNABLES_ENV, None)
+    return environ
+
+
+def restart_with_huge_pages() -> None:
+    """Re-executes this command (``sys.orig_argv``) with glibc's huge-page tunable when it applies
+    (:func:`huge_page_environment`); returns only when it does not. Call it first thing in a
+    command-line entry point: whatever ran before is run again."""
+    environ = huge_page_environment()
+    if environ is None or not getattr(sys, "orig_argv", None):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, environ)
 
 
 def release_freed_heap() -> bool:

@@ -100,6 +100,39 @@ def test_winograd_conv_is_exact(shape, padding, d, m):
         chex.assert_trees_all_close(loss(wino), loss(ref), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize(
+    "shape, padding, d",
+    [
+        ((2, 12, 12, 3), ((12, 12), (12, 12)), 12),  # ASPP rate 12 on a 12×12 map
+        ((1, 9, 14, 2), ((5, 5), (5, 5)), 5),  # non-square, every tap partly live
+        ((1, 10, 7, 2), ((6, 1), (0, 4)), 4),  # asymmetric padding
+        ((1, 4, 4, 2), ((9, 9), (9, 9)), 9),  # only the centre tap reads the input
+    ],
+)
+def test_shifted_matmul_conv_is_exact(shape, padding, d):
+    """The live-region shifted matmuls equal the direct atrous convolution in float64, forward
+    and both gradients (its own VJP re-slices the input)."""
+    with jax.enable_x64(True):
+        x, k = (a.astype(jnp.float64) for a in _arrays(shape, (3, 3, shape[-1], 4)))
+        ref = functools.partial(
+            _reference, strides=(1, 1), padding=padding, dilation=(d, d), groups=1
+        )
+        shifted = lambda x, k: conv._shifted_matmul_conv(x, k, padding, (d, d), None)
+        chex.assert_trees_all_close(shifted(x, k), ref(x, k), rtol=1e-12, atol=1e-12)
+        loss = lambda f: jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k)
+        chex.assert_trees_all_close(loss(shifted), loss(ref), rtol=1e-12, atol=1e-12)
+
+
+def test_shifted_matmul_conv_saves_only_its_operands():
+    """Its backward keeps x and k, not one window of x per tap (8 shifted copies of a
+    2048-channel ASPP input: gigabytes at 512²)."""
+    x, k = _arrays((2, 16, 16, 8), (3, 3, 8, 4))
+    padding, d = ((6, 6), (6, 6)), (6, 6)
+    _, vjp = jax.vjp(lambda x, k: conv._shifted_matmul_conv(x, k, padding, d, None), x, k)
+    saved = sum(leaf.nbytes for leaf in jax.tree.leaves(vjp) if hasattr(leaf, "nbytes"))
+    assert saved == x.nbytes + k.nbytes, (saved, x.nbytes, k.nbytes)
+
+
 def test_winograd_routing():
     """Dense stride-1 3×3 convs from 512 input channels take the Winograd custom VJP."""
     for name in ("winograd odd", "winograd d3 asym", "winograd 2048"):

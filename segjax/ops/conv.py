@@ -355,33 +355,131 @@ def _live_fraction(spatial, kernel, padding, rhs_dilation) -> float:
     return fraction
 
 
-def _shifted_matmul_conv(x, k, padding, rhs_dilation, precision):
+def _live_taps(x_shape, k_shape, padding, rhs_dilation):
+    """Output size and, per kernel tap that reads real input, its input and output windows.
+
+    Returns ``(ho, wo, taps)`` with ``taps`` a list of ``(i, j, (r0, c0), (ra, rb, ca, cb))``:
+    tap ``(i, j)`` adds ``x[:, r0 : r0 + rb - ra, c0 : c0 + cb - ca] · k[i, j]`` to the output
+    rows ``[ra, rb)`` and columns ``[ca, cb)``; taps that would only read padding are left out.
+    """
+    _, h, w, _ = x_shape
+    kh, kw = k_shape[:2]
+    (dh, dw), ((top, bottom), (left, right)) = rhs_dilation, padding
+    ho, wo = h + top + bottom - dh * (kh - 1), w + left + right - dw * (kw - 1)
+    taps = []
+    for i, (ra, rb) in enumerate(_tap_ranges(h, kh, dh, top, ho)):
+        for j, (ca, cb) in enumerate(_tap_ranges(w, kw, dw, left, wo)):
+            if ra < rb and ca < cb:
+                taps.append((i, j, (ra + i * dh - top, ca + j * dw - left), (ra, rb, ca, cb)))
+    return ho, wo, taps
+
+
+def _window(v, start, rows, cols):
+    """``v[:, start[0] : start[0] + rows, start[1] : start[1] + cols]`` (NHWC)."""
+    return jax.lax.slice(
+        v, (0, *start, 0), (v.shape[0], start[0] + rows, start[1] + cols, v.shape[3])
+    )
+
+
+def _shifted_matmul_conv_impl(x, k, padding, rhs_dilation, precision):
     """A stride-1 NHWC conv as one matmul per kernel tap over the outputs it really reaches.
 
     Exact reformulation for atrous convs whose rate is large next to the feature map (ASPP rates
-    12/24/36 on 32×32 maps): taps that would multiply zero padding are skipped region by
-    region, and forward and both gradients are plain matmuls (plus pads and adds).
+    12/24/36 on 32×32 or 64×64 maps): taps that would multiply zero padding are skipped region by
+    region, and forward and both gradients are plain matmuls (plus slices, pads and adds). The
+    backward keeps only ``x`` and ``k`` and slices ``x`` again (saving every tap's window of a
+    2048-channel input, up to 8 shifted copies of it, cost 1.9 GiB at batch 8, 512²), and
+    computes the input gradient block by block (:func:`_shifted_input_grad`).
     """
-    n, h, w, _ = x.shape
-    kh, kw, _, _ = k.shape
-    (dh, dw), ((top, bottom), (left, right)) = rhs_dilation, padding
-    ho, wo = h + top + bottom - dh * (kh - 1), w + left + right - dw * (kw - 1)
-    rows = _tap_ranges(h, kh, dh, top, ho)
-    cols = _tap_ranges(w, kw, dw, left, wo)
+    n = x.shape[0]
+    ho, wo, taps = _live_taps(x.shape, k.shape, padding, rhs_dilation)
     y = None
-    for i, (ra, rb) in enumerate(rows):
-        for j, (ca, cb) in enumerate(cols):
-            if ra >= rb or ca >= cb:
-                continue
-            xs = x[
-                :, ra + i * dh - top : rb + i * dh - top, ca + j * dw - left : cb + j * dw - left
-            ]
-            part = _pointwise(xs, k[i, j], precision)
-            part = jnp.pad(part, ((0, 0), (ra, ho - rb), (ca, wo - cb), (0, 0)))
-            y = part if y is None else y + part
+    for i, j, start, (ra, rb, ca, cb) in taps:
+        part = jnp.einsum(
+            "nhwc,cd->nhwd", _window(x, start, rb - ra, cb - ca), k[i, j], precision=precision
+        )
+        part = jnp.pad(part, ((0, 0), (ra, ho - rb), (ca, wo - cb), (0, 0)))
+        y = part if y is None else y + part
     if y is None:  # every tap reads padding only
         return jnp.zeros((n, ho, wo, k.shape[-1]), jnp.result_type(x, k))
     return y
+
+
+_shifted_matmul_conv = jax.custom_vjp(_shifted_matmul_conv_impl, nondiff_argnums=(2, 3, 4))
+
+
+def _shifted_matmul_conv_fwd(x, k, padding, rhs_dilation, precision):
+    return _shifted_matmul_conv(x, k, padding, rhs_dilation, precision), (x, k)
+
+
+def _cut_intervals(size, spans):
+    """``[0, size)`` cut at every boundary of ``spans``: the intervals no span boundary splits."""
+    cuts = sorted({0, size, *(v for span in spans for v in span if 0 <= v <= size)})
+    return list(zip(cuts, cuts[1:]))
+
+
+def _shifted_input_grad(dy, k, x_shape, taps, precision):
+    """dL/dx of :func:`_shifted_matmul_conv`, one GEMM per region of x that the same taps read.
+
+    x is cut where a tap's window starts or ends; every block of the cut is read by one set of
+    taps, so its gradient is ``concat(their dy windows) · concat(their kernels)ᵀ`` (channels
+    concatenated): one GEMM with K = taps × Cout, and nothing as large as x but x's gradient
+    itself. (A partial input gradient per tap, summed, held up to 9 of them at once: 4 GiB in
+    deeplabv3_resnet50's ASPP backward at batch 8, 512².)
+    """
+    _, h, w, _ = x_shape
+    spans = [  # (input rows, input cols, output-minus-input offset) per tap
+        ((s[0], s[0] + rb - ra), (s[1], s[1] + cb - ca), (ra - s[0], ca - s[1]), (i, j))
+        for i, j, s, (ra, rb, ca, cb) in taps
+    ]
+    bands = []
+    for r0, r1 in _cut_intervals(h, [rows for rows, _, _, _ in spans]):
+        blocks = []
+        for c0, c1 in _cut_intervals(w, [cols for _, cols, _, _ in spans]):
+            cover = [
+                (off, ij)
+                for rows, cols, off, ij in spans
+                if rows[0] <= r0 and r1 <= rows[1] and cols[0] <= c0 and c1 <= cols[1]
+            ]
+            if not cover:  # only padding reads this block
+                blocks.append(jnp.zeros((dy.shape[0], r1 - r0, c1 - c0, k.shape[2]), dy.dtype))
+                continue
+            windows = [_window(dy, (r0 + dr, c0 + dc), r1 - r0, c1 - c0) for (dr, dc), _ in cover]
+            kernels = jnp.concatenate([k[i, j].T for _, (i, j) in cover], axis=0)  # [T·Co, Ci]
+            blocks.append(
+                jnp.einsum(
+                    "nhwd,dc->nhwc", jnp.concatenate(windows, -1), kernels, precision=precision
+                )
+            )
+        bands.append(jnp.concatenate(blocks, axis=2))
+    return jnp.concatenate(bands, axis=1)
+
+
+def _shifted_matmul_conv_bwd(padding, rhs_dilation, precision, res, dy):
+    x, k = res
+    _, _, taps = _live_taps(x.shape, k.shape, padding, rhs_dilation)
+    acc = jnp.promote_types(x.dtype, jnp.float32)  # float32 accumulation, float64 kept
+    tap_grads = {}
+    fence = dy[0, 0, 0, 0]
+    for i, j, start, (ra, rb, ca, cb) in taps:
+        rows, cols = rb - ra, cb - ca
+        # x's window is sliced anew once dy exists (a fence: XLA's CSE would otherwise merge it
+        # with the forward's slice and keep it alive from the forward on), after the previous
+        # tap's, so that one window of x at a time is alive.
+        xs = after(_window(x, start, rows, cols), fence).reshape(-1, x.shape[-1])
+        dys = _window(dy, (ra, ca), rows, cols).reshape(-1, dy.shape[-1])
+        tap_grad = jax.lax.dot(_own_transpose(dys, (1, 0)), xs, preferred_element_type=acc)
+        tap_grads[i, j] = tap_grad.T.astype(k.dtype)  # [Cin, Cout]
+        fence = tap_grad[0, 0]
+    zero = jnp.zeros(k.shape[2:], k.dtype)  # taps that read padding only
+    kh, kw = k.shape[:2]
+    dk = jnp.stack([tap_grads.get((i, j), zero) for i in range(kh) for j in range(kw)])
+    dk = dk.reshape(k.shape)
+    dx = _shifted_input_grad(dy, k, x.shape, taps, precision)
+    return after(dx, dk), dk
+
+
+_shifted_matmul_conv.defvjp(_shifted_matmul_conv_fwd, _shifted_matmul_conv_bwd)
 
 
 def _depthwise_taps_conv(x, k, strides, padding, rhs_dilation):
