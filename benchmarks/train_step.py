@@ -34,7 +34,10 @@ Reported:
   ``segjax train img/s ÷ torchvision train img/s`` (and the same for eval). By default
   (``--interleave``) the child stays alive and runs one step after each of ours
   (:class:`Interleaved`), so that the machine's speed changes meet both frameworks alike;
-  ``--no-interleave`` runs it after ours (both at once may not fit in memory).
+  ``--no-interleave`` runs it after ours (both at once may not fit in memory). The child gets
+  the environment this command was started in: segjax's entry points restart themselves with
+  glibc's huge-page tunable (``segjax.host_heap``), torch as a torch user runs it does not
+  (``--peer-huge-pages`` gives it the same tunable).
 
 Both steps are jitted with ``segjax.ops.jit``, as training jits them: ``--conv-impl gemm`` (the
 default on CPU) traces every ``nn.Conv`` through ``segjax.ops.conv_general_dilated_gemm``
