@@ -8,7 +8,9 @@ so that its peak memory is its own; run by hand it is the torchvision half of th
 The step: ``torchvision.models.segmentation.<model>(weights=None, weights_backbone=None)`` with
 the aux head where segjax has one, NCHW float32, pixel-wise cross-entropy with 255 ignored
 (+ 0.4 × the aux loss), ``torch.optim.SGD`` with segjax's settings; as many torch threads as
-CPU cores. Timed like the JAX side: one warm-up step, then the median of ``--steps``.
+CPU cores. Timed like the JAX side: one warm-up step, then the median of ``--steps``. The eval
+forward computes the main output only (``"out"``), as segjax's jitted eval forward does: the
+aux head is detached for it (until 2026-12-03 torchvision's eval also ran the aux head).
 
 Imports torch only inside :func:`run_torch`, and never JAX.
 """
@@ -103,9 +105,18 @@ def _setup(model: str, batch: int, size: int, *, num_classes: int, threads: int 
     train_once, x = _train_step_fn(net, *common.random_batch(batch, size, num_classes))
 
     def eval_once():
+        # The main output only, the work of segjax's eval forward (whose jit drops the unused
+        # aux head): torchvision's forward computes the aux head whenever the model has one.
         net.eval()
-        with torch.inference_mode():
-            return net(x)
+        aux_head = getattr(net, "aux_classifier", None)
+        if aux_head is not None:
+            net.aux_classifier = None
+        try:
+            with torch.inference_mode():
+                return net(x)["out"]
+        finally:
+            if aux_head is not None:
+                net.aux_classifier = aux_head
 
     start = time.perf_counter()
     train_once()  # warm-up (first-call allocations, oneDNN primitive creation)
@@ -118,6 +129,7 @@ def _setup(model: str, batch: int, size: int, *, num_classes: int, threads: int 
         "batch": batch,
         "size": size,
         "dtype": "float32",
+        "eval_output": "out",
         "first_step_s": time.perf_counter() - start,
     }
     return figures, train_once, eval_once
