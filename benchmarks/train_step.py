@@ -258,8 +258,11 @@ class Interleaved:
 def _timed_train_steps(compiled, state, data, steps: int, peer: Interleaved | None = None):
     """``(state, step times ms, loss)``: a warm-up step, ``steps`` timed, one more for the loss.
 
-    With ``peer``, each of our steps (warm-up and loss step included) is followed by one of the
-    peer's."""
+    With ``peer`` (which took its own warm-up step when it started), one untimed peer step
+    follows our warm-up and one timed peer step each of our timed steps: every timed step of
+    either side follows one of the other's, and both have taken ``steps + 2`` steps at the
+    losses reported. (Before 2026-12-03 our first timed step followed our own warm-up, which
+    made it our fastest nearly always.)"""
     holder = {"state": state}
 
     def train_once():
@@ -269,14 +272,14 @@ def _timed_train_steps(compiled, state, data, steps: int, peer: Interleaved | No
     if peer:
         peer.start()
     train_once()  # warm-up
+    if peer:
+        peer.step("train", timed=False)
     step_times = []
     for _ in range(steps):
         step_times += common.times_ms(train_once, 1)
         if peer:
             peer.step("train")
     holder["state"], metrics = compiled(holder["state"], data)
-    if peer:
-        peer.step("train", timed=False)  # its loss after as many steps as ours
     return holder["state"], step_times, float(metrics["loss"])
 
 

@@ -168,3 +168,27 @@ def test_interleaved_keeps_peer_times_and_loss():
         figures = train_step._peer_figures(interleaved, batch=2)
     assert len(figures["step_times_ms"]) == 2 and figures["loss"] == 3.0
     assert figures["calls"] == 3 and figures["train_img_s"] > 0
+
+
+def test_timed_train_steps_alternate_with_the_peer():
+    """Every timed step of either side follows one of the other's; equal step counts."""
+    events = []
+
+    class Peer:
+        def start(self):
+            events.append("peer warm-up")  # StepPeer starts after its own warm-up step
+
+        def step(self, action, timed=True):
+            events.append(f"peer {action}{'' if timed else ' untimed'}")
+
+    def compiled(state, data):
+        events.append("ours")
+        return state + 1, {"loss": jnp.float32(state)}
+
+    state, times, loss = train_step._timed_train_steps(compiled, 0, None, 2, Peer())
+    assert events == [
+        "peer warm-up", "ours", "peer train untimed",
+        "ours", "peer train", "ours", "peer train", "ours",
+    ]  # fmt: skip
+    assert len(times) == 2 and state == 4 and loss == 3.0
+    assert events.count("ours") == len([e for e in events if e.startswith("peer")])
