@@ -255,6 +255,20 @@ class Interleaved:
             self.loss = reply["loss"]
 
 
+def _alternating_times(run_once, steps: int, peer: Interleaved | None, action: str) -> list:
+    """Wall times (ms) of ``steps`` calls of ``run_once`` after one warm-up call; with ``peer``,
+    its ``action`` runs once untimed after the warm-up and once timed after each timed call."""
+    run_once()  # warm-up
+    if peer:
+        peer.step(action, timed=False)
+    times = []
+    for _ in range(steps):
+        times += common.times_ms(run_once, 1)
+        if peer:
+            peer.step(action)
+    return times
+
+
 def _timed_train_steps(compiled, state, data, steps: int, peer: Interleaved | None = None):
     """``(state, step times ms, loss)``: a warm-up step, ``steps`` timed, one more for the loss.
 
@@ -271,14 +285,7 @@ def _timed_train_steps(compiled, state, data, steps: int, peer: Interleaved | No
 
     if peer:
         peer.start()
-    train_once()  # warm-up
-    if peer:
-        peer.step("train", timed=False)
-    step_times = []
-    for _ in range(steps):
-        step_times += common.times_ms(train_once, 1)
-        if peer:
-            peer.step("train")
+    step_times = _alternating_times(train_once, steps, peer, "train")
     holder["state"], metrics = compiled(holder["state"], data)
     return holder["state"], step_times, float(metrics["loss"])
 
@@ -301,15 +308,7 @@ def _eval_figures(
     def eval_once():
         jax.block_until_ready(compiled(variables, images))
 
-    eval_once()  # warm-up
-    if peer:
-        peer.step("eval", timed=False)
-    times = []
-    for _ in range(steps):
-        times += common.times_ms(eval_once, 1)
-        if peer:
-            peer.step("eval")
-    ms = statistics.median(times)
+    ms = statistics.median(_alternating_times(eval_once, steps, peer, "eval"))
     return {"eval_compile_s": compile_s, "eval_img_s": images.shape[0] / (ms / 1e3)}
 
 

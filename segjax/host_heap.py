@@ -59,14 +59,11 @@ def huge_page_environment(environ=None, thp_mode: str | None = "") -> dict | Non
     glibc, or the kernel's THP mode is ``never`` or unknown; ``thp_mode`` overrides the one read
     from sysfs)."""
     environ = dict(os.environ if environ is None else environ)
-    mode = transparent_huge_pages_mode() if thp_mode == "" else thp_mode
     tunables = environ.get(TUNABLES_ENV, "")
-    if (
-        environ.get(OPT_OUT_ENV, "1") == "0"
-        or "glibc.malloc.hugetlb" in tunables
-        or mode not in ("always", "madvise")
-        or _libc() is None
-    ):
+    if environ.get(OPT_OUT_ENV, "1") == "0" or "glibc.malloc.hugetlb" in tunables:
+        return None  # checked first: the restarted process (and any later call) stops here
+    mode = transparent_huge_pages_mode() if thp_mode == "" else thp_mode
+    if mode not in ("always", "madvise") or _libc() is None:
         return None
     environ[TUNABLES_ENV] = f"{tunables}:{HUGE_PAGES_TUNABLE}" if tunables else HUGE_PAGES_TUNABLE
     environ[_BEFORE_ENV] = tunables

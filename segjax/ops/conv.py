@@ -376,9 +376,7 @@ def _live_taps(x_shape, k_shape, padding, rhs_dilation):
 
 def _window(v, start, rows, cols):
     """``v[:, start[0] : start[0] + rows, start[1] : start[1] + cols]`` (NHWC)."""
-    return jax.lax.slice(
-        v, (0, *start, 0), (v.shape[0], start[0] + rows, start[1] + cols, v.shape[3])
-    )
+    return _nhwc_window(v, (start, (start[0] + rows, start[1] + cols), (1, 1)))
 
 
 def _shifted_matmul_conv_impl(x, k, padding, rhs_dilation, precision):
@@ -395,9 +393,7 @@ def _shifted_matmul_conv_impl(x, k, padding, rhs_dilation, precision):
     ho, wo, taps = _live_taps(x.shape, k.shape, padding, rhs_dilation)
     y = None
     for i, j, start, (ra, rb, ca, cb) in taps:
-        part = jnp.einsum(
-            "nhwc,cd->nhwd", _window(x, start, rb - ra, cb - ca), k[i, j], precision=precision
-        )
+        part = _pointwise_fwd_impl(_window(x, start, rb - ra, cb - ca), k[i, j], precision)
         part = jnp.pad(part, ((0, 0), (ra, ho - rb), (ca, wo - cb), (0, 0)))
         y = part if y is None else y + part
     if y is None:  # every tap reads padding only
