@@ -1,5 +1,7 @@
 """Tests of the segjax.ops switch: ``conv_impl_scope``, ``compiler_options`` and ``ops.jit``."""
 
+import functools
+import re
 import types
 
 import chex
@@ -173,3 +175,47 @@ def test_ops_jit_reads_any_object_and_forwards_jit_kwargs():
     np.testing.assert_array_equal(double(jnp.arange(3.0)), [0.0, 2.0, 4.0])
     donating = ops.jit(lambda x: x + 1, config, donate_argnums=0)
     np.testing.assert_array_equal(donating(jnp.arange(3.0)), [1.0, 2.0, 3.0])
+
+
+def _residual_stream(ws, x, store):
+    """Blocks ``x = relu(x·w·1.1 + 0.1 + x)``: a residual stream XLA may recompute per consumer."""
+    for w in ws:
+        x = jnp.maximum(x @ w * 1.1 + 0.1 + x, 0.0)
+        x = store(x)
+    return jnp.sum(x @ ws[0])
+
+
+def _most_maxima_in_one_fusion(fn, *args):
+    """The largest number of ``maximum`` ops (one per block) any computation of ``fn``'s compiled
+    HLO holds, and the number of conditionals."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    bodies = re.findall(r"^%?[\w.\-]+ \([^\n]*\{\n(.*?)\n\}", text, re.M | re.S)
+    return max(body.count(" maximum(") for body in bodies), text.count(" conditional(")
+
+
+def test_materialize_stops_xla_recomputing_a_residual_stream():
+    rng = np.random.default_rng(0)
+    ws = [jnp.asarray(rng.normal(size=(16, 16)) / 4, jnp.float32) for _ in range(4)]
+    x = jnp.asarray(rng.normal(size=(64, 16)), jnp.float32)
+
+    def grads(store):
+        return jax.grad(functools.partial(_residual_stream, store=store), argnums=(0, 1))
+
+    # Without it, one fusion recomputes all four blocks (the failure materialize exists for).
+    assert _most_maxima_in_one_fusion(grads(lambda v: v), ws, x) == (4, 0)
+    with ops.conv_impl_scope("gemm"):
+        most, conditionals = _most_maxima_in_one_fusion(grads(ops.materialize), ws, x)
+        stored = jax.jit(grads(ops.materialize))(ws, x)
+    assert most == 1 and conditionals == 8  # 4 forward, 4 on the cotangent
+    plain = jax.jit(grads(lambda v: v))(ws, x)
+    chex.assert_trees_all_equal(stored, plain)  # bit for bit
+
+
+def test_materialize_is_the_identity_off_the_cpu_path_and_for_nan():
+    x = jnp.array([[jnp.nan, 1.0], [2.0, -3.0]])
+    with ops.conv_impl_scope("xla"):
+        assert ops.materialize(x) is x
+    with ops.conv_impl_scope("gemm"):
+        np.testing.assert_array_equal(jax.jit(ops.materialize)(x), x)  # the x * 1 branch
+        np.testing.assert_array_equal(jax.jit(ops.materialize)(x[1:]), x[1:])
+        assert ops.materialize(x[:0]).shape == (0, 2)

@@ -1,5 +1,7 @@
 """Tests for segjax.models.backbones.resnet."""
 
+import re
+
 import chex
 import flax.linen as nn
 import jax
@@ -7,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 from absl.testing import parameterized
 
+from segjax import ops
 from segjax.models.backbones import resnet
 from tests.helpers import num_params, random_variables
 
@@ -126,3 +129,25 @@ def test_bfloat16_compute_keeps_float32_params():
     feats, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x))
     assert feats["layer4"].dtype == jnp.bfloat16
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+
+
+def test_gemm_path_computes_the_residual_stream_once():
+    """Under the CPU path each block's output is stored once (``ops.materialize``): no fusion of
+    the compiled backward recomputes the residual adds of two blocks."""
+    model = resnet.resnet_tiny(stage_blocks=(1, 1, 4, 1))
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    variables = random_variables(model, x)
+
+    def loss(params):
+        feats, _ = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.sum(feats["layer4"] ** 2)
+
+    with ops.conv_impl_scope("gemm"):
+        text = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+    bodies = re.findall(r"^%?[\w.\-]+ \([^\n]*\{\n(.*?)\n\}", text, re.M | re.S)
+    block_add = r'op_name="[^"]*/(layer\d_\d+)/\1\.output/add"'
+    residual_adds = [set(re.findall(block_add, body)) for body in bodies]
+    assert max(len(blocks) for blocks in residual_adds) == 1
+    assert text.count(" conditional(") == 2 * 7  # one per block, forward and backward

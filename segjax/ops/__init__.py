@@ -17,6 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from segjax.ops.conv import conv_general_dilated_gemm
 
@@ -86,6 +87,36 @@ def conv_impl_scope(choice: str = "auto", platform: str | None = None) -> Iterat
         _ACTIVE_CONV_IMPL.reset(token)
 
 
+def _times_one(v: jax.Array) -> jax.Array:
+    return v * 1  # the same value; a branch XLA does not see as equal to the identity
+
+
+def _identity(v: jax.Array) -> jax.Array:
+    return v
+
+
+def materialize(x: jax.Array) -> jax.Array:
+    """``x``, computed once and stored when traced on the CPU path (``conv_impl_scope("gemm")``).
+
+    XLA duplicates an elementwise producer into each of its consumers whenever every consumer
+    can fuse it. A residual stream ``out_k = relu(bn(y_k) + out_{k-1})`` is such a producer, so
+    on XLA:CPU each block's output was recomputed, with every block before it in the stage,
+    inside each fusion that reads it: the next block's add, its ReLU mask, the weight
+    gradient's transpose. In fcn_resnet50's train step 31 fusions did so (layer4_0's shortcut
+    transpose recomputed all six layer3 blocks: 304 ms; docs/PERFORMANCE.md). Neither
+    ``optimization_barrier`` (XLA:CPU expands it before fusing) nor a data dependence stops
+    that; a ``conditional`` does, since it cannot be fused. So ``x`` passes through one whose
+    branches both return it (one as ``x * 1``, or XLA would drop the conditional), picked by a
+    predicate on one element that XLA cannot fold. Its transpose is the same conditional on the
+    cotangent, which stores the backward's residual-stream gradient once too. Values and
+    gradients are bit-identical; off the CPU path (and for empty arrays) ``x`` is returned as is.
+    """
+    if _ACTIVE_CONV_IMPL.get() != "gemm" or x.size == 0:
+        return x
+    first = jax.lax.stop_gradient(x).reshape(-1)[0]
+    return jax.lax.cond(jnp.isnan(first), _times_one, _identity, x)
+
+
 _CPU_SCHEDULERS = {
     "memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
     "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
@@ -143,5 +174,6 @@ __all__ = [
     "conv_general_dilated_gemm",
     "conv_impl_scope",
     "jit",
+    "materialize",
     "resolve_conv_impl",
 ]

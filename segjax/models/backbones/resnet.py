@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax import ops
 from segjax.models.layers import batch_norm, conv_init, same_padding
 
 Dtype = Any
@@ -159,6 +160,11 @@ class _Block(nn.Module):
         x = _conv(features, 1, self.strides, dtype=self.dtype, name="downsample_conv")(x)
         return self.norm(train, self.dtype, name="downsample_bn")(x)
 
+    def output(self, out: jax.Array, x: jax.Array, train: bool) -> jax.Array:
+        """``relu(out + shortcut(x))``, stored once: XLA:CPU would otherwise recompute the
+        residual stream, block after block, in every consumer (:func:`segjax.ops.materialize`)."""
+        return ops.materialize(nn.relu(out + self.shortcut(x, train)))
+
 
 class Bottleneck(_Block):
     """torchvision's ``Bottleneck``: 1×1 → 3×3 (stride, dilation) → 1×1 (×4), each with BN."""
@@ -175,7 +181,7 @@ class Bottleneck(_Block):
         out = nn.relu(self.norm(train, self.dtype, name="bn2")(out))
         out = _conv(self.planes * 4, 1, dtype=self.dtype, name="conv3")(out)
         out = self.norm(train, self.dtype, name="bn3")(out)
-        return nn.relu(out + self.shortcut(x, train))
+        return self.output(out, x, train)
 
 
 class BasicBlock(_Block):
@@ -195,7 +201,7 @@ class BasicBlock(_Block):
         out = nn.relu(self.norm(train, self.dtype, name="bn1")(out))
         out = _conv(self.planes, 3, dtype=self.dtype, name="conv2")(out)
         out = self.norm(train, self.dtype, name="bn2")(out)
-        return nn.relu(out + self.shortcut(x, train))
+        return self.output(out, x, train)
 
 
 class ResNet(nn.Module):
