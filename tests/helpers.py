@@ -8,6 +8,7 @@ tests themselves, so the tests take shapes from ``jax.eval_shape`` and fill them
 import functools
 import importlib.util
 import pathlib
+import re
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -93,6 +94,13 @@ def conv_dilations(fn, *args) -> set[tuple[int, ...]]:
 
     walk(jax.make_jaxpr(fn)(*args).jaxpr)
     return found
+
+
+def compiled_computations(fn, *args) -> tuple[list[str], str]:
+    """The bodies of every computation (fusions included) of ``jax.jit(fn)`` compiled for
+    ``args``, and the whole optimised HLO text."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    return re.findall(r"^%?[\w.\-]+ \([^\n]*\{\n(.*?)\n\}", text, re.M | re.S), text
 
 
 def conv_rates(module: nn.Module, x) -> set[int]:

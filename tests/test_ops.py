@@ -1,7 +1,6 @@
 """Tests of the segjax.ops switch: ``conv_impl_scope``, ``compiler_options`` and ``ops.jit``."""
 
 import functools
-import re
 import types
 
 import chex
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from segjax import models, ops
+from tests.helpers import compiled_computations
 
 
 class _ConvKinds(nn.Module):
@@ -188,8 +188,7 @@ def _residual_stream(ws, x, store):
 def _most_maxima_in_one_fusion(fn, *args):
     """The largest number of ``maximum`` ops (one per block) any computation of ``fn``'s compiled
     HLO holds, and the number of conditionals."""
-    text = jax.jit(fn).lower(*args).compile().as_text()
-    bodies = re.findall(r"^%?[\w.\-]+ \([^\n]*\{\n(.*?)\n\}", text, re.M | re.S)
+    bodies, text = compiled_computations(fn, *args)
     return max(body.count(" maximum(") for body in bodies), text.count(" conditional(")
 
 

@@ -11,7 +11,7 @@ from absl.testing import parameterized
 
 from segjax import ops
 from segjax.models.backbones import resnet
-from tests.helpers import num_params, random_variables
+from tests.helpers import compiled_computations, num_params, random_variables
 
 
 # torchvision's published totals minus the ImageNet fc layer (2048·1000 + 1000, or 512·1000 +
@@ -145,8 +145,7 @@ def test_gemm_path_computes_the_residual_stream_once():
         return jnp.sum(feats["layer4"] ** 2)
 
     with ops.conv_impl_scope("gemm"):
-        text = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
-    bodies = re.findall(r"^%?[\w.\-]+ \([^\n]*\{\n(.*?)\n\}", text, re.M | re.S)
+        bodies, text = compiled_computations(jax.grad(loss), variables["params"])
     block_add = r'op_name="[^"]*/(layer\d_\d+)/\1\.output/add"'
     residual_adds = [set(re.findall(block_add, body)) for body in bodies]
     assert max(len(blocks) for blocks in residual_adds) == 1
