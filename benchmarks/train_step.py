@@ -32,7 +32,8 @@ Reported:
   (``--torch-python``: an interpreter with torch and torchvision, JAX not needed; default this
   one), with as many torch threads as the CPU cores JAX uses, and the ratio
   ``segjax train img/s ÷ torchvision train img/s`` (and the same for eval). By default
-  (``--interleave``) the child stays alive and runs one step after each of ours
+  (``--interleave``) the child stays alive and the two alternate in blocks of
+  ``--interleave-block`` steps (3; each led by an untimed step; 1 = one step each in turn)
   (:class:`Interleaved`), so that the machine's speed changes meet both frameworks alike;
   ``--no-interleave`` runs it after ours (both at once may not fit in memory). The child gets
   the environment this command was started in: segjax's entry points restart themselves with
@@ -227,7 +228,16 @@ def _model_flops(net, tx, schedule, cfg, state, data, executed: float) -> float:
 
 
 class Interleaved:
-    """The peer's steps run between ours: after each of our timed steps, one of the peer's.
+    """The peer's steps run between ours, in blocks of ``block`` timed steps each side.
+
+    ``block == 1``: after each of our timed steps, one of the peer's (the mode before
+    2026-12-03, night). ``block > 1``: ``block`` of our steps back to back, then ``block`` of the
+    peer's, each block led by one untimed step. Why blocks: this VM's balloon hands memory a
+    process left free for ~1–2 s back to the host, and touching it again is slow. XLA:CPU frees
+    a step's whole temp buffer (1.4 GiB at batch 4, 256²) after every step, so a step that
+    follows 9 s of the peer's runs 2× slower than one that follows our own step, as in a
+    training loop; torch's allocator keeps its heap and hardly notices. The untimed lead step
+    of each block (its time is kept in ``lead_times``, ours and the peer's) pays that cost.
 
     ``start`` makes the peer (a :class:`benchmarks.common.StepPeer` that has done its warm-up
     step); it is called when our train steps are about to be timed, after our compilation, so
@@ -235,10 +245,16 @@ class Interleaved:
     peer's step times, last loss and eval times are kept in ``times`` / ``loss``.
     """
 
-    def __init__(self, start: Callable[[], common.StepPeer]):
+    def __init__(self, start: Callable[[], common.StepPeer], block: int = 1):
+        if block < 1:
+            raise ValueError(f"interleave block: {block} steps, expected >= 1")
         self._start = start
+        self.block = block
         self.peer: common.StepPeer | None = None
         self.times: dict[str, list[float]] = {"train": [], "eval": []}
+        self.lead_times: dict[str, dict[str, list[float]]] = {
+            side: {"train": [], "eval": []} for side in ("segjax", "peer")
+        }
         self.loss: float | None = None
 
     def start(self) -> None:
@@ -251,20 +267,36 @@ class Interleaved:
         reply = self.peer.run(action)
         if timed:
             self.times[action].append(reply["ms"])
+        elif self.block > 1:
+            self.lead_times["peer"][action].append(reply["ms"])
         if "loss" in reply:
             self.loss = reply["loss"]
 
 
 def _alternating_times(run_once, steps: int, peer: Interleaved | None, action: str) -> list:
     """Wall times (ms) of ``steps`` calls of ``run_once`` after one warm-up call; with ``peer``,
-    its ``action`` runs once untimed after the warm-up and once timed after each timed call."""
+    its ``action`` runs once untimed after the warm-up and once timed after each timed call
+    (``peer.block == 1``), or in blocks: ``peer.block`` timed calls of ours, one untimed and
+    ``peer.block`` timed of the peer's, one untimed of ours, and so on (the untimed ones after
+    the first are kept in ``peer.lead_times``)."""
     run_once()  # warm-up
-    if peer:
+    if peer is None:
+        return common.times_ms(run_once, steps)
+    if peer.block == 1:
         peer.step(action, timed=False)
+        times = []
+        for _ in range(steps):
+            times += common.times_ms(run_once, 1)
+            peer.step(action)
+        return times
     times = []
-    for _ in range(steps):
-        times += common.times_ms(run_once, 1)
-        if peer:
+    while len(times) < steps:
+        if times:  # the lead step of our block, after the peer's block
+            peer.lead_times["segjax"][action] += common.times_ms(run_once, 1)
+        count = min(peer.block, steps - len(times))
+        times += common.times_ms(run_once, count)
+        peer.step(action, timed=False)
+        for _ in range(count):
             peer.step(action)
     return times
 
@@ -272,11 +304,10 @@ def _alternating_times(run_once, steps: int, peer: Interleaved | None, action: s
 def _timed_train_steps(compiled, state, data, steps: int, peer: Interleaved | None = None):
     """``(state, step times ms, loss)``: a warm-up step, ``steps`` timed, one more for the loss.
 
-    With ``peer`` (which took its own warm-up step when it started), one untimed peer step
-    follows our warm-up and one timed peer step each of our timed steps: every timed step of
-    either side follows one of the other's, and both have taken ``steps + 2`` steps at the
-    losses reported. (Before 2026-12-03 our first timed step followed our own warm-up, which
-    made it our fastest nearly always.)"""
+    With ``peer`` (which took its own warm-up step when it started), the steps alternate as
+    :func:`_alternating_times` says, and both sides have taken as many steps at the losses
+    reported. (Before 2026-12-03 our first timed step followed our own warm-up, which made it
+    our fastest nearly always.)"""
     holder = {"state": state}
 
     def train_once():
@@ -368,6 +399,12 @@ def run_jax(
     flops = _model_flops(net, tx, schedule, cfg, state, data, executed_flops)
     state, step_times, loss = _timed_train_steps(compiled, state, data, steps, peer)
     step_ms = statistics.median(step_times)
+    lead = {}  # the untimed steps leading our blocks after the first (blocked interleave)
+    if peer is not None and peer.block > 1:
+        lead = {
+            "interleave_block": peer.block,
+            "lead_step_times_ms": peer.lead_times["segjax"]["train"],
+        }
 
     out = {
         "framework": "segjax",
@@ -391,6 +428,7 @@ def run_jax(
         "flops_per_step": flops,
         "executed_flops_per_step": executed_flops,
         "loss": loss,
+        **lead,
     }
     if evaluate:
         out.update(_eval_figures(net, cfg, state, data["image"], steps, trim_after_compile, peer))
@@ -482,6 +520,15 @@ def _parser() -> argparse.ArgumentParser:
         "that a change in machine speed meets both (default; --no-interleave runs torchvision "
         "after segjax, e.g. when both at once do not fit in memory)",
     )
+    p.add_argument(
+        "--interleave-block",
+        type=int,
+        default=3,
+        help="with --interleave: timed steps each side runs back to back, each block led by one "
+        "untimed step (default 3; 1 = one step each in turn, no lead step, the mode before "
+        "2026-12-03 night: on a VM whose balloon reclaims freed memory it times XLA's step "
+        "after 9 s of torch's, with its temp buffer to fault in again)",
+    )
     p.add_argument("--torch-python", default=None, help="interpreter with torch + torchvision")
     p.add_argument(
         "--peer-huge-pages",
@@ -536,6 +583,9 @@ def _peer_figures(interleaved: Interleaved, batch: int) -> dict:
     theirs = interleaved.peer.finish()
     train = interleaved.times["train"]
     theirs.update(torchvision_step.step_times_figures(batch, train, interleaved.loss))
+    if interleaved.block > 1:
+        theirs["interleave_block"] = interleaved.block
+        theirs["lead_step_times_ms"] = interleaved.lead_times["peer"]["train"]
     if interleaved.times["eval"]:
         theirs["eval_img_s"] = batch / (statistics.median(interleaved.times["eval"]) / 1e3)
     return theirs
@@ -572,6 +622,14 @@ def _compare(
     return theirs
 
 
+def _interleave_words(ours: dict) -> str:
+    """How the report's first line says the steps alternated."""
+    block = ours.get("interleave_block", 1)
+    if block == 1:
+        return ", interleaved with torchvision's one step each; "
+    return f", interleaved with torchvision's in blocks of {block}, each led by an untimed step; "
+
+
 def _print_report(args, summary: dict) -> None:
     """The human-readable report: set-up line, table, peaks, load averages, ratios."""
     ours, theirs = summary["segjax"], summary.get("torchvision")
@@ -580,7 +638,7 @@ def _print_report(args, summary: dict) -> None:
         f"{ours['backend']} ({ours['device_kind']}) × {ours['devices']} device(s), "
         f"load average {summary['load_average_1min_at_start']:.2f} at start; "
         f"step times are medians of {args.steps} after 1 warm-up"
-        + (", interleaved with torchvision's; " if summary.get("interleaved") else "; ")
+        + (_interleave_words(ours) if summary.get("interleaved") else "; ")
         + f"Winograd F({ours['winograd_tile']}×{ours['winograd_tile']}, 3×3)"
         + (", malloc_trim after compiling" if ours["malloc_trim"] else "")
     )
@@ -625,7 +683,8 @@ def main(argv=None) -> dict:
                 env=_peer_environment(args),
                 num_classes=args.num_classes,
                 threads=args.threads or common.cpu_cores(),
-            )
+            ),
+            block=args.interleave_block,
         )
     try:
         with winograd.output_tile_scope(args.winograd_tile):

@@ -175,6 +175,8 @@ def test_timed_train_steps_alternate_with_the_peer():
     events = []
 
     class Peer:
+        block = 1
+
         def start(self):
             events.append("peer warm-up")  # StepPeer starts after its own warm-up step
 
@@ -192,3 +194,33 @@ def test_timed_train_steps_alternate_with_the_peer():
     ]  # fmt: skip
     assert len(times) == 2 and state == 4 and loss == 3.0
     assert events.count("ours") == len([e for e in events if e.startswith("peer")])
+
+
+def test_timed_train_steps_alternate_in_blocks_each_led_by_an_untimed_step():
+    """Blocks of 2: ours, then the peer's, each led by an untimed step whose time is kept apart;
+    both sides take as many steps; a last, shorter block when the block does not divide."""
+    events = []
+
+    class FakeStepPeer:  # what Interleaved drives: run(action) -> reply with "ms"
+        def run(self, action):
+            events.append(f"peer {action}")
+            return {"ms": float(len(events)), "loss": 0.5}
+
+    def compiled(state, data):
+        events.append("ours")
+        return state + 1, {"loss": jnp.float32(state)}
+
+    interleaved = train_step.Interleaved(FakeStepPeer, block=2)
+    state, times, loss = train_step._timed_train_steps(compiled, 0, None, 3, interleaved)
+    assert events == (
+        ["ours"] + ["ours"] * 2 + ["peer train"] * 3  # warm-up, block 1; the peer's lead + 2
+        + ["ours"] * 2 + ["peer train"] * 2  # our lead + the last block of 1, the peer's
+        + ["ours"]  # the step whose loss is reported
+    )  # fmt: skip
+    assert len(times) == 3 and len(interleaved.times["train"]) == 3
+    assert len(interleaved.lead_times["segjax"]["train"]) == 1
+    assert len(interleaved.lead_times["peer"]["train"]) == 2
+    # the peer's own warm-up step (taken when it starts) evens the count
+    assert events.count("ours") == events.count("peer train") + 1 and state == 6 and loss == 5.0
+    with pytest.raises(ValueError, match="interleave block: 0 steps"):
+        train_step.Interleaved(FakeStepPeer, block=0)
