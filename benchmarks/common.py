@@ -23,7 +23,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # torchvision side, which cannot import segjax, uses the same numbers).
 AUX_WEIGHT = 0.4
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
-IGNORE = 255  # segjax.metrics.IGNORE_INDEX, repeated here for the same reason
+IGNORE = 255  # segjax.evaluation.metrics.IGNORE_INDEX, repeated here for the same reason
 
 
 def cpu_cores() -> int:

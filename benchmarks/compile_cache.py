@@ -9,7 +9,8 @@ Runs ``python -m MODULE ARGS`` ``--runs`` times (default 2), one process after a
 with ``SEGJAX_COMPILE_CACHE`` set to one cache directory: a new temporary one (removed at the
 end) unless ``--cache DIR`` names one, so the first run is cold. ``{run}`` in ``ARGS`` becomes
 the run's number (1, 2 …), e.g. for a workdir per run. Each child turns the cache on with
-``segjax.compile_cache.setup`` before it runs the module (``segjax.*`` commands do it again in
+``segjax.runtime.compile_cache.setup`` before it runs the module (``segjax.*`` commands do it again
+in
 ``setup_runtime``, which changes nothing), so modules that do not call it, such as the
 benchmarks, are measured too.
 
@@ -39,7 +40,7 @@ _RESULT_TAG = "COMPILE_CACHE_RESULT "
 
 def _child(module: str, args: list[str]) -> None:
     """Runs ``module`` as ``__main__`` with the cache on; prints the compile record as JSON."""
-    from segjax import compile_cache  # here: the parent process never imports JAX
+    from segjax.runtime import compile_cache
 
     start = time.perf_counter()
     directory = compile_cache.setup()

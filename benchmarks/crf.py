@@ -1,4 +1,5 @@
-"""Dense-CRF benchmark: wall time and peak memory of ``segjax.crf.dense_crf`` on this CPU.
+"""Dense-CRF benchmark: wall time and peak memory of ``segjax.evaluation.crf.dense_crf`` on this
+CPU.
 
 Run (from the repository root):
 
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax import crf
+from segjax.evaluation import crf
 
 
 def _rss_mib() -> float:

@@ -2,7 +2,7 @@
 
 Generates VOC-like examples (500×375 JPEG photos-like images, quality 90, and palette-PNG masks
 with 21 classes and a 255 border band) into a temporary folder dataset, prepares it through
-``segjax.data.folder`` (not timed), then times ``segjax.input_pipeline.train_iterator``: decode →
+``segjax.data.folder`` (not timed), then times ``segjax.input.pipeline.train_iterator``: decode →
 random scale 0.5–2.0 → pad → random 512×512 crop → flip → (photometric) → normalise → batch
 (``augment.train_transform``, computed crop-first). Nothing is cached, so every image is decoded
 every time.
@@ -32,9 +32,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from segjax import augment, data, input_pipeline, metrics  # noqa: E402
 from segjax import config as config_lib  # noqa: E402
+from segjax import data
 from segjax.data import base  # noqa: E402
+from segjax.evaluation import metrics
+from segjax.input import augment, pipeline
 
 H, W = 375, 500
 
@@ -98,7 +100,7 @@ def _time_batches(args) -> tuple[float, float, dict]:
         cfg.data.num_threads = args.threads
         cfg.train.batch_size = args.batch_size
         source = data.get_source(cfg.data)
-        it = input_pipeline.train_iterator(source, cfg)
+        it = pipeline.train_iterator(source, cfg)
         for _ in range(args.warmup):
             batch = next(it)
         # process_time: CPU time of every thread, at clock_gettime resolution (os.times counts
@@ -127,7 +129,7 @@ def run(args) -> dict:
     n = args.batches * args.batch_size
     assert batch["image"].shape == (args.batch_size, args.crop, args.crop, 3)
     return {
-        "benchmark": "input_pipeline.train_iterator",
+        "benchmark": "segjax.input.pipeline.train_iterator",
         "crop": args.crop,
         "batch_size": args.batch_size,
         "threads": args.threads,

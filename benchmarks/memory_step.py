@@ -26,7 +26,7 @@ block in ``nn.remat`` with a ``jax.checkpoint_policies`` policy (``nothing_savea
 """
 
 if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax import host_heap
+    from segjax.runtime import host_heap
 
     host_heap.restart_with_huge_pages()
 
@@ -139,8 +139,9 @@ def run(args) -> dict:
     import jax
 
     from benchmarks import train_step
-    from segjax import host_heap, ops, trainer
+    from segjax import ops, trainer
     from segjax.ops import winograd
+    from segjax.runtime import host_heap
 
     if args.remat_blocks:
         remat_blocks(args.remat_blocks)

@@ -16,7 +16,7 @@ in time add up, so the sum can exceed the step's wall time; the totals per kind 
 """
 
 if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax import host_heap
+    from segjax.runtime import host_heap
 
     host_heap.restart_with_huge_pages()
 

@@ -27,7 +27,8 @@ def _measure(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from segjax import inference, models
+    from segjax import models
+    from segjax.evaluation import inference
 
     model = models.create(args.model, num_classes=args.classes, width=args.width, depth=args.depth)
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))

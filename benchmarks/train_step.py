@@ -26,7 +26,7 @@ Reported:
   GPU/TPU (``PUBLISHED_PEAKS``);
 * ``peak_memory_bytes``: device ``memory_stats()["peak_bytes_in_use"]`` where the backend has
   it, else the peak resident set size of the process (``VmHWM``; includes compilation, the
-  Python runtime; TensorFlow is not loaded, ``segjax.lazy_imports``);
+  Python runtime; TensorFlow is not loaded, ``segjax.runtime.lazy_imports``);
 * ``--compare torchvision``: the same model from torchvision (same batch, size, loss, SGD),
   :mod:`benchmarks.torchvision_step` in a child process started by this command
   (``--torch-python``: an interpreter with torch and torchvision, JAX not needed; default this
@@ -37,7 +37,7 @@ Reported:
   (:class:`Interleaved`), so that the machine's speed changes meet both frameworks alike;
   ``--no-interleave`` runs it after ours (both at once may not fit in memory). The child gets
   the environment this command was started in: segjax's entry points restart themselves with
-  glibc's huge-page tunable (``segjax.host_heap``), torch as a torch user runs it does not
+  glibc's huge-page tunable (``segjax.runtime.host_heap``), torch as a torch user runs it does not
   (``--peer-huge-pages`` gives it the same tunable).
 
 Both steps are jitted with ``segjax.ops.jit``, as training jits them: ``--conv-impl gemm`` (the
@@ -50,7 +50,7 @@ docs/PERFORMANCE.md for measured figures.
 """
 
 if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax import host_heap
+    from segjax.runtime import host_heap
 
     host_heap.restart_with_huge_pages()
 
@@ -67,8 +67,9 @@ import numpy as np
 
 from benchmarks import common, torchvision_step
 from segjax import config as config_lib
-from segjax import host_heap, ops, optim, sharding, trainer
+from segjax import ops, optim, sharding, trainer
 from segjax.ops import winograd
+from segjax.runtime import host_heap
 
 # Published dense peak FLOP/s (no sparsity) by ``device_kind`` substring: (float32, bfloat16).
 PUBLISHED_PEAKS = {
@@ -375,7 +376,7 @@ def run_jax(
     model contract (``__call__(images, *, train)`` → ``{"out": logits, ...}``); ``peak`` is
     ``(FLOP/s, source)`` to use instead of measuring one; ``trim_after_compile`` returns the
     compiler's freed heap to the OS after each compilation
-    (``segjax.host_heap.release_freed_heap``); ``peer`` runs a peer's steps between ours
+    (``segjax.runtime.host_heap.release_freed_heap``); ``peer`` runs a peer's steps between ours
     (:class:`Interleaved`).
 
     Raises:
@@ -534,8 +535,8 @@ def _parser() -> argparse.ArgumentParser:
         "--peer-huge-pages",
         action="store_true",
         help="with --compare: run torchvision with the glibc huge-page tunable segjax restarts "
-        "itself with (segjax.host_heap; default: torchvision gets the environment this command "
-        "was started in)",
+        "itself with (segjax.runtime.host_heap; default: torchvision gets the environment "
+        "this command was started in)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     p.add_argument(

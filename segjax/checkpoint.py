@@ -21,14 +21,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from segjax.errors import CheckpointMismatchError
 from segjax.sharding import path_to_str
 
 # What a model's shapes determine; the optimiser state mirrors the params.
 MODEL_COLLECTIONS = ("params", "batch_stats")
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the configured model (a parameter's shape or presence differs)."""
 
 
 def make_manager(workdir: str, keep: int, *, async_save: bool = True) -> ocp.CheckpointManager:

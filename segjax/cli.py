@@ -21,9 +21,11 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segjax import compile_cache, host_heap, inference, sharding, trainer
-from segjax.lazy_imports import tf
+from segjax import errors, sharding, trainer
+from segjax.evaluation import inference
 from segjax.logs import fail
+from segjax.runtime import compile_cache, host_heap
+from segjax.runtime.lazy_imports import tf
 
 __all__ = [
     "clean_errors",
@@ -71,7 +73,8 @@ def define_checkpoint_flags() -> types.SimpleNamespace:
 
 @functools.cache
 def define_inference_flags() -> types.SimpleNamespace:
-    """How to predict (:class:`segjax.inference.InferenceOptions`): mode, sliding-window and
+    """How to predict (:class:`segjax.evaluation.inference.InferenceOptions`): mode, sliding-window
+    and
     overlap-tile geometry, test-time scales and flip, CRF."""
     return types.SimpleNamespace(
         mode=flags.DEFINE_enum("mode", "whole", list(inference.MODES), "Inference strategy."),
@@ -81,7 +84,7 @@ def define_inference_flags() -> types.SimpleNamespace:
         tile_size=flags.DEFINE_integer("tile_size", 388, "Overlap-tile output side (tile mode)."),
         scales=flags.DEFINE_string("scales", "1.0", "Comma-separated test-time scales."),
         flip=flags.DEFINE_bool("flip", False, "Add horizontally flipped predictions."),
-        crf=flags.DEFINE_bool("crf", False, "Refine with the dense CRF (segjax.crf)."),
+        crf=flags.DEFINE_bool("crf", False, "Refine with the dense CRF (segjax.evaluation.crf)."),
     )
 
 
@@ -100,7 +103,8 @@ def define_multiprocess_flags() -> types.SimpleNamespace:
 
 
 def inference_options(config: ml_collections.ConfigDict, f) -> inference.InferenceOptions:
-    """:class:`segjax.inference.InferenceOptions` from the :func:`define_inference_flags` values."""
+    """:class:`segjax.evaluation.inference.InferenceOptions` from the
+    :func:`define_inference_flags` values."""
     return inference.options_for(
         config,
         mode=f.mode.value,
@@ -141,7 +145,8 @@ def load_model(config: ml_collections.ConfigDict, f) -> trainer.InferenceModel:
 
 def run_tool(main) -> None:
     """``absl.app.run(main)`` with :func:`parse_flags` (one-line flag and config errors), in a
-    process whose large buffers use huge pages (:func:`segjax.host_heap.restart_with_huge_pages`;
+    process whose large buffers use huge pages
+    (:func:`segjax.runtime.host_heap.restart_with_huge_pages`;
     the tools call it before their imports already, this catches any that does not)."""
     host_heap.restart_with_huge_pages()
     app.run(main, flags_parser=parse_flags)
@@ -247,8 +252,10 @@ def setup_runtime(
     config: ml_collections.ConfigDict | None = None,
 ) -> str | None:
     """Silences TFDS's progress bars (segjax prints its own progress line; TensorFlow is set up
-    for tf.data when it loads, :mod:`segjax.lazy_imports`), starts multi-process JAX and turns
-    on the persistent compilation cache (:func:`segjax.compile_cache.setup`) for ``config`` —
+    for tf.data when it loads, :mod:`segjax.runtime.lazy_imports`), starts multi-process JAX and
+    turns
+    on the persistent compilation cache (:func:`segjax.runtime.compile_cache.setup`) for ``config``
+    —
     by default the ``--config`` flag's, when the tool has one. Call it before anything compiles.
 
     Returns:
@@ -268,7 +275,7 @@ def clean_errors():
     """Reports expected user errors (bad config value, missing file, bad data) in one line."""
     try:
         yield
-    except (ValueError, KeyError, FileNotFoundError, trainer.NonFiniteError) as e:
+    except (ValueError, KeyError, FileNotFoundError, errors.NonFiniteError) as e:
         if os.environ.get("SEGJAX_TRACEBACK"):
             raise
         fail(f"{type(e).__name__}: {_one_line(e)}  (set SEGJAX_TRACEBACK=1 for the traceback)")

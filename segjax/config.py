@@ -10,7 +10,7 @@ import dataclasses
 
 import ml_collections
 
-from segjax import augment
+from segjax.input import augment
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     # step's ops one after another; faster and smaller on CPU, docs/PERFORMANCE.md) |
     # "concurrency" | "xla" (XLA's default, concurrency-optimised). No effect on GPU/TPU.
     c.cpu_scheduler = "memory"
-    # JAX's persistent compilation cache (segjax.compile_cache), so that a resumed run,
+    # JAX's persistent compilation cache (segjax.runtime.compile_cache), so that a resumed run,
     # evaluate and predict load the executables an earlier process compiled: enabled; dir
     # ("" = $XDG_CACHE_HOME/segjax/jax or ~/.cache/segjax/jax); min_compile_time_secs (only
     # compilations at least this long are written). SEGJAX_COMPILE_CACHE=off|DIR overrides.
@@ -41,7 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = _optim_schema()
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 16
-    # What computes COCO AP (instance models; segjax.coco_eval): "pycocotools" (the reference) |
+    # What computes COCO AP (instance models; segjax.evaluation.coco_eval): "pycocotools" (the
+    # reference) |
     # "faster_coco_eval" (the same statistics, faster; pip install -e ".[coco-fast]").
     c.eval.coco_backend = "pycocotools"
     # CPU hosts: XLA devices to split each host into (0 = auto: one per core, as many as
@@ -152,7 +153,8 @@ def _elastic_schema() -> ml_collections.ConfigDict:
 
 def _instances_schema() -> ml_collections.ConfigDict:
     """``config.data.instances``: instance (Mask R-CNN) examples: resize, large-scale jitter,
-    static padding (``segjax.augment_instances``); flip, mean and std are ``config.data``'s."""
+    static padding (``segjax.input.augment_instances``); flip, mean and std are
+    ``config.data``'s."""
     inst = ml_collections.ConfigDict()
     inst.max_instances = 100  # static number of instance entries per image
     # An image with more instances: "error" stops naming it | "drop_smallest" (counted, logged)

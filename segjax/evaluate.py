@@ -15,7 +15,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax import host_heap
+    from segjax.runtime import host_heap
 
     host_heap.restart_with_huge_pages()
 
@@ -30,8 +30,9 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from segjax import cli, inference, tasks, trainer  # noqa: E402
+from segjax import cli, tasks, trainer
 from segjax import data as data_lib  # noqa: E402
+from segjax.evaluation import inference
 
 _FLAGS = types.SimpleNamespace(
     **vars(cli.define_run_flags()),
@@ -52,7 +53,7 @@ def evaluate(config, variables, mesh, options, split, *, model=None, source=None
       config: the run config (data, eval batch size, model).
       variables: model variables on ``mesh``.
       mesh: the device mesh (batches are split over its batch axes).
-      options: :class:`segjax.inference.InferenceOptions` (semantic models).
+      options: :class:`segjax.evaluation.inference.InferenceOptions` (semantic models).
       split: split name.
       model: the model (default: built from the config).
       source: the dataset (default: ``config.data``'s).
@@ -144,7 +145,8 @@ def run(
       ``OUTPUT/eval_<split>.json``. Semantic models: mIoU, Dice … (and the object precision /
       recall / F1 and AJI for data with instance ids), the ``confusion_matrix`` (also drawn to
       ``OUTPUT/eval_<split>_confusion.png``) and the inference settings. Instance models: the
-      COCO statistics ``bbox/AP`` … ``segm/ARl`` (:mod:`segjax.coco_eval`), printed as a table.
+      COCO statistics ``bbox/AP`` … ``segm/ARl`` (:mod:`segjax.evaluation.coco_eval`), printed as a
+      table.
     """
     options = options or inference.InferenceOptions()
     split = split or config.data.eval_split

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from scipy import ndimage
 
-from segjax.metrics import IGNORE_INDEX
+from segjax.evaluation.metrics import IGNORE_INDEX
 
 
 def cross_entropy(

@@ -38,7 +38,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax import host_heap
+    from segjax.runtime import host_heap
 
     host_heap.restart_with_huge_pages()
 
@@ -54,9 +54,10 @@ from PIL import Image  # noqa: E402
 from pycocotools import mask as coco_mask  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from segjax import cli, inference, logs, ops, trainer, visualize  # noqa: E402
-from segjax.coco_eval import MASK_CHUNK, MASK_THRESHOLD, coco_results  # noqa: E402
+from segjax import cli, logs, ops, trainer
 from segjax.data import base, cityscapes, coco_names, image_io  # noqa: E402
+from segjax.evaluation import inference, visualize
+from segjax.evaluation.coco_eval import MASK_CHUNK, MASK_THRESHOLD, coco_results  # noqa: E402
 from segjax.models import maskrcnn  # noqa: E402
 
 _FLAGS = types.SimpleNamespace(

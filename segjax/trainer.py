@@ -21,24 +21,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from segjax import (
-    checkpoint,
-    compile_cache,
-    input_pipeline,
-    logs,
-    models,
-    ops,
-    optim,
-    sharding,
-    tasks,
-)
+from segjax import checkpoint, logs, models, ops, optim, sharding, tasks
 from segjax import data as data_lib
+from segjax.errors import NonFiniteError
+from segjax.input import pipeline
+from segjax.runtime import compile_cache
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss or gradient more often than allowed."""
 
 
 @flax.struct.dataclass
@@ -372,7 +361,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run of ``config`` in ``workdir`` and evaluates it.
 
     Returns:
-      The last evaluation summary (the task's: :func:`segjax.metrics.summarize` for semantic
+      The last evaluation summary (the task's: :func:`segjax.evaluation.metrics.summarize` for
+      semantic
       models, the COCO statistics for instance models), with ``step``; or
       ``{"step": s, "preempted": True}`` when SIGTERM stopped the run (checkpoint saved).
 
@@ -478,7 +468,7 @@ class _TrainingRun:
     def train(self, state: TrainState, start: int, num_steps: int):
         """The training loop from ``start``: ``(state, last step, preempted)``."""
         cfg = self.config.train
-        batches = input_pipeline.train_iterator(
+        batches = pipeline.train_iterator(
             self.source,
             self.config,
             start_step=start,

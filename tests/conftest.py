@@ -12,7 +12,7 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # segjax commands cache compiled executables in ~/.cache/segjax/jax by default
-# (segjax.compile_cache); the tests' subprocesses share one cache per test process instead.
+# (segjax.runtime.compile_cache); the tests' subprocesses share one cache per test process instead.
 if "SEGJAX_COMPILE_CACHE" not in os.environ:
     os.environ["SEGJAX_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="segjax-test-compile-cache-")
     atexit.register(shutil.rmtree, os.environ["SEGJAX_COMPILE_CACHE"], True)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segjax import augment
+from segjax.input import augment
 
 
 def _image(seed=0, h=6, w=7):

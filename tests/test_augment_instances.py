@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
-from segjax import augment, augment_instances, config
+from segjax import config
 from segjax.data import blobs
+from segjax.input import augment, augment_instances
 from segjax.models.maskrcnn.transform import resized_size as torchvision_resized_size
 
 SEEDS = range(8)

@@ -5,8 +5,9 @@ import importlib
 import pytest
 from absl import flags
 
-from segjax import cli, inference
+from segjax import cli
 from segjax.config import base_config
+from segjax.evaluation import inference
 
 
 def test_tools_import_side_by_side_sharing_their_flag_groups():

@@ -1,4 +1,4 @@
-"""segjax.coco_eval: COCO box / mask AP through pycocotools, merged over processes.
+"""segjax.evaluation.coco_eval: COCO box / mask AP through pycocotools, merged over processes.
 
 Hand-made cases compute their expected AP from the geometry (IoU against the ten thresholds),
 not from a stored number. The parity cases use ``tests/fixtures/torchvision/coco_eval.*``
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from segjax import coco_eval
 from segjax.data.base import DatasetInfo
 from segjax.data.image_io import DataError
+from segjax.evaluation import coco_eval
 from tests.test_maskrcnn_parity import (
     FIXTURES,
     fixture_model,

@@ -1,4 +1,4 @@
-"""segjax.coco_eval's backends: faster-coco-eval gives pycocotools' statistics.
+"""segjax.evaluation.coco_eval's backends: faster-coco-eval gives pycocotools' statistics.
 
 pycocotools is the reference (issue 16); ``backend="faster_coco_eval"`` is offered because it
 agrees. Both evaluate the same accumulated records here: random images with objects of every
@@ -21,8 +21,8 @@ import sys
 import numpy as np
 import pytest
 
-from segjax import coco_eval
 from segjax.config import base_config
+from segjax.evaluation import coco_eval
 from tests.test_coco_eval import _fixture as parity_fixture
 from tests.test_coco_eval import fixture_evaluator, reference_metrics
 

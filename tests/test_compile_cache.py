@@ -1,4 +1,5 @@
-"""segjax.compile_cache: JAX's persistent compilation cache, on by default for every command.
+"""segjax.runtime.compile_cache: JAX's persistent compilation cache, on by default for every
+command.
 
 Processes that should use a cache are subprocesses with a temporary cache directory, so this
 session's JAX (and the user's home) is never touched: a cold process writes one entry per
@@ -18,7 +19,7 @@ import jax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
-from segjax import compile_cache
+from segjax.runtime import compile_cache
 
 ROOT = pathlib.Path(__file__).parent.parent
 VARIANTS = [("gemm", "memory"), ("xla", "memory"), ("gemm", "concurrency")]
@@ -28,7 +29,8 @@ VARIANTS = [("gemm", "memory"), ("xla", "memory"), ("gemm", "concurrency")]
 _STEP_CHILD = r"""
 import hashlib, json, os, sys, time, types
 import flax.linen as nn, jax, jax.numpy as jnp, ml_collections, numpy as np
-from segjax import compile_cache, ops
+from segjax import ops
+from segjax.runtime import compile_cache
 
 class Net(nn.Module):
     @nn.compact
@@ -75,7 +77,8 @@ print(json.dumps(results))
 _CLI_CHILD = r"""
 import json, os, sys
 import jax
-from segjax import cli, compile_cache, config
+from segjax import cli, config
+from segjax.runtime import compile_cache
 
 cli.define_run_flags()
 

@@ -1,4 +1,5 @@
-"""Tests for segjax/crf.py: brute-force agreement, energy descent, edge sharpening, jit/batch."""
+"""Tests for segjax/evaluation/crf.py: brute-force agreement, energy descent, edge sharpening,
+jit/batch."""
 
 import chex
 import jax
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from segjax import crf
+from segjax.evaluation import crf
 
 
 def _test_image(height, width, seed=0):

@@ -139,7 +139,7 @@ def test_unknown_config_name(tmp_path):
 
 
 def test_source_examples_go_through_the_instance_transforms(prepared):
-    from segjax import augment_instances
+    from segjax.input import augment_instances
 
     source, _ = prepared
     options = {"max_size": 128, "max_instances": instance_shapes.MAX_OBJECTS}

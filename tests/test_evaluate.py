@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import checkpoint, evaluate, inference, input_pipeline, sharding, trainer
+from segjax import checkpoint, evaluate, sharding, trainer
 from segjax import data as data_lib
+from segjax.evaluation import inference
+from segjax.input import pipeline
 from tests.helpers import load_config
 
 
@@ -127,7 +129,7 @@ def test_evaluate_and_training_compile_one_eval_step_with_identical_results(
     manager = checkpoint.make_manager(workdir, keep=3)
     state = checkpoint.restore_state(manager, t.abstract_with_shardings())
     manager.close()
-    stream = input_pipeline.eval_stream(
+    stream = pipeline.eval_stream(
         data_lib.get_source(config.data), config, "validation", process_index=0, process_count=1
     )
     in_training = t.evaluate(state, stream)

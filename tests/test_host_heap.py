@@ -1,4 +1,4 @@
-"""Tests of segjax.host_heap: a restarted command maps its large buffers as huge pages."""
+"""Tests of segjax.runtime.host_heap: a restarted command maps its large buffers as huge pages."""
 
 import os
 import subprocess
@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from segjax import host_heap
+from segjax.runtime import host_heap
 
 # Restarts itself with the tunable (unless opted out), then a worker thread (as XLA's are)
 # allocates and touches a 256 MiB buffer; prints the tunables it runs with and the faults.
 _CHILD = """
 import os, resource, threading
-from segjax import host_heap
+from segjax.runtime import host_heap
 host_heap.restart_with_huge_pages()
 def touch(out):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

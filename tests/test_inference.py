@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax import inference, models
+from segjax import models
+from segjax.evaluation import inference
 from tests.helpers import random_variables
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segjax import augment, data, input_pipeline
+from segjax import data
+from segjax.input import augment, pipeline
 
 
 def _source(config):
@@ -17,9 +18,9 @@ def _take(it, n):
 
 def test_train_stream_is_a_pure_function_of_seed_and_step(tiny_config):
     src = _source(tiny_config)
-    a = _take(input_pipeline.train_iterator(src, tiny_config), 5)
-    b = _take(input_pipeline.train_iterator(src, tiny_config), 5)
-    resumed = _take(input_pipeline.train_iterator(src, tiny_config, start_step=3), 2)
+    a = _take(pipeline.train_iterator(src, tiny_config), 5)
+    b = _take(pipeline.train_iterator(src, tiny_config), 5)
+    resumed = _take(pipeline.train_iterator(src, tiny_config, start_step=3), 2)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["mask"], y["mask"])
@@ -29,15 +30,15 @@ def test_train_stream_is_a_pure_function_of_seed_and_step(tiny_config):
     assert a[0]["image"].shape == (8, 32, 32, 3) and a[0]["mask"].dtype == np.uint8
     assert not np.array_equal(a[0]["image"], a[1]["image"])
     tiny_config.seed = 1
-    other = _take(input_pipeline.train_iterator(src, tiny_config), 1)
+    other = _take(pipeline.train_iterator(src, tiny_config), 1)
     assert not np.array_equal(a[0]["image"], other[0]["image"])
 
 
 def test_resume_across_epoch_boundary(tiny_config):
     src = _source(tiny_config)
     tiny_config.train.batch_size = 40  # 96 examples: the third batch crosses into epoch 2
-    full = _take(input_pipeline.train_iterator(src, tiny_config), 4)
-    resumed = _take(input_pipeline.train_iterator(src, tiny_config, start_step=2), 2)
+    full = _take(pipeline.train_iterator(src, tiny_config), 4)
+    resumed = _take(pipeline.train_iterator(src, tiny_config, start_step=2), 2)
     np.testing.assert_array_equal(full[2]["mask"], resumed[0]["mask"])
     np.testing.assert_array_equal(full[3]["image"], resumed[1]["image"])
 
@@ -45,10 +46,10 @@ def test_resume_across_epoch_boundary(tiny_config):
 @pytest.mark.parametrize("processes", [2, 4])
 def test_global_batch_is_the_same_on_any_number_of_processes(tiny_config, processes):
     src = _source(tiny_config)
-    single = _take(input_pipeline.train_iterator(src, tiny_config, start_step=5), 2)
+    single = _take(pipeline.train_iterator(src, tiny_config, start_step=5), 2)
     parts = [
         _take(
-            input_pipeline.train_iterator(
+            pipeline.train_iterator(
                 src, tiny_config, start_step=5, process_index=p, process_count=processes
             ),
             2,
@@ -66,7 +67,7 @@ def test_global_batch_is_the_same_on_any_number_of_processes(tiny_config, proces
 def test_every_epoch_visits_every_example_once():
     def order(n, seed):
         positions = tf.data.Dataset.range(3 * n)
-        ds = positions.map(lambda g: input_pipeline.example_index(g, n, seed))
+        ds = positions.map(lambda g: pipeline.example_index(g, n, seed))
         return np.array(list(ds.as_numpy_iterator())).reshape(3, n)
 
     epochs = order(37, 3)
@@ -79,8 +80,7 @@ def test_every_epoch_visits_every_example_once():
 
 def test_global_positions_interleave_processes_row_blocks():
     got = [
-        list(input_pipeline.global_positions(2, 6, 3, p).take(6).as_numpy_iterator())
-        for p in range(2)
+        list(pipeline.global_positions(2, 6, 3, p).take(6).as_numpy_iterator()) for p in range(2)
     ]
     assert got == [[12, 13, 14, 18, 19, 20], [15, 16, 17, 21, 22, 23]]
 
@@ -94,7 +94,7 @@ def test_eval_counts_every_pixel_once(tiny_config, processes):
     )
     valid_pixels, examples, batches = 0, 0, set()
     for p in range(processes):
-        stream = input_pipeline.eval_stream(
+        stream = pipeline.eval_stream(
             src, tiny_config, "validation", process_index=p, process_count=processes
         )
         got = list(stream)
@@ -116,7 +116,7 @@ def test_out_of_range_label_is_reported_with_example_id(tiny_config):
         }
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"img_042[\s\S]*7[\s\S]*\[0, 4\)"):
-        list(ds.map(lambda ex: input_pipeline._check_labels(ex, 4)).as_numpy_iterator())
+        list(ds.map(lambda ex: pipeline._check_labels(ex, 4)).as_numpy_iterator())
 
 
 def test_augment_keeps_image_and_mask_aligned():
@@ -156,10 +156,10 @@ def test_instance_batches_are_the_same_on_any_number_of_processes(tmp_path):
     cfg.data.instances.pad_size, cfg.data.instances.max_instances = (128, 128), 8
     cfg.train.batch_size = 4
     src = _source(cfg)
-    single = _take(input_pipeline.train_iterator(src, cfg, start_step=7), 1)[0]
+    single = _take(pipeline.train_iterator(src, cfg, start_step=7), 1)[0]
     parts = [
         _take(
-            input_pipeline.train_iterator(src, cfg, start_step=7, process_index=p, process_count=2),
+            pipeline.train_iterator(src, cfg, start_step=7, process_index=p, process_count=2),
             1,
         )[0]
         for p in range(2)

@@ -1,4 +1,4 @@
-"""TensorFlow loads only where data is read with tf.data (segjax.lazy_imports)."""
+"""TensorFlow loads only where data is read with tf.data (segjax.runtime.lazy_imports)."""
 
 import subprocess
 import sys
@@ -37,7 +37,7 @@ def test_first_use_loads_tensorflow_set_up_for_the_input_pipeline():
         "import sys\n"
         "from segjax import input_pipeline\n"
         "before = 'tensorflow' in sys.modules\n"
-        "from segjax.lazy_imports import tf\n"
+        "from segjax.runtime.lazy_imports import tf\n"
         "n = int(tf.data.Dataset.range(3).reduce(tf.constant(0, tf.int64), lambda a, b: a + b))\n"
         "print(before, 'tensorflow' in sys.modules, n,"
         " tf.config.get_visible_devices('GPU') == [], tf.get_logger().level)\n"

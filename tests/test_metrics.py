@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from segjax import metrics
+from segjax.evaluation import metrics
 
 
 def _reference_cm(labels, preds, c):

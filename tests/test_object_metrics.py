@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from segjax import metrics
+from segjax.evaluation import metrics
 
 IGNORE = 255
 

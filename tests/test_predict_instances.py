@@ -20,9 +20,10 @@ from absl import flags
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from segjax import checkpoint, cli, inference, models, predict, trainer
+from segjax import checkpoint, cli, models, predict, trainer
 from segjax.data import coco_names
 from segjax.data.image_io import DataError
+from segjax.evaluation import inference
 from segjax.models import maskrcnn
 from tests.helpers import load_config, random_variables
 

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from segjax import checkpoint, optim, trainer
+from segjax import checkpoint, errors, optim, trainer
 from segjax.config import base_config
 from tests.helpers import assert_bitwise_equal
 
@@ -282,7 +282,7 @@ def test_infinite_learning_rate_stops_without_writing_nan_params(tiny_config, tm
     config.train.update(
         num_steps=10, max_nonfinite_skips=3, log_every=2, checkpoint_every=1, keep_checkpoints=10
     )
-    with pytest.raises(trainer.NonFiniteError, match=r"in steps 3\.\.4 \(4 skipped updates"):
+    with pytest.raises(errors.NonFiniteError, match=r"in steps 3\.\.4 \(4 skipped updates"):
         trainer.run(config, str(tmp_path))
     assert "skipped 2 non-finite update(s) in steps 1..2" in capsys.readouterr().out
     steps = _finalized_steps(tmp_path / "checkpoints")

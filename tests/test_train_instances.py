@@ -10,7 +10,8 @@ import pytest
 
 from segjax import data as data_lib
 from segjax import evaluate as evaluate_cli
-from segjax import input_pipeline, optim, sharding, tasks, trainer
+from segjax import optim, sharding, tasks, trainer
+from segjax.input import pipeline
 from segjax.models.maskrcnn import losses as maskrcnn_losses
 
 
@@ -46,7 +47,7 @@ def test_frozen_layers_get_no_update_and_no_optimizer_state(instance_config):
     state = t.init_state()
     before = jax.device_get(state.params)
     source = data_lib.get_source(config.data)
-    batch = next(input_pipeline.train_iterator(source, config))
+    batch = next(pipeline.train_iterator(source, config))
     fields = ("image", *t.task.loss_fields)
     batch = sharding.host_to_global({k: v for k, v in batch.items() if k in fields}, t.mesh)
     state, step_metrics = t.train_step(state, batch)
@@ -75,7 +76,7 @@ def test_eight_devices_train_the_same_losses_as_one(instance_config):
     config = instance_config
     config.train.batch_size = 8
     source = data_lib.get_source(config.data)
-    batches = input_pipeline.train_iterator(source, config)
+    batches = pipeline.train_iterator(source, config)
     host = [next(batches) for _ in range(5)]
 
     def losses_on(devices):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from segjax import data as data_lib
-from segjax import evaluate, input_pipeline, losses, trainer
+from segjax import evaluate, losses, trainer
+from segjax.input import pipeline
 
 
 def _eval_rows(workdir):
@@ -41,7 +42,7 @@ def test_training_and_evaluate_report_object_metrics(cells_config, tmp_path):
 def test_training_batches_carry_the_weight_map_and_it_changes_the_loss(cells_config):
     source = data_lib.get_source(cells_config.data)
     assert source.info.fields == ("instances", "weights")
-    batch = next(input_pipeline.train_iterator(source, cells_config))
+    batch = next(pipeline.train_iterator(source, cells_config))
     assert set(batch) == {"image", "mask", "weights"}
     weights, mask = batch["weights"], batch["mask"]
     assert np.all(weights[mask == 255] == 0)  # ignored (padding) pixels weigh nothing
@@ -83,8 +84,8 @@ def test_augmented_weight_map_is_the_map_of_the_augmented_instances(elastic_sigm
     the transformed instance mask, away from the crop border (where instances are cut off)."""
     import tensorflow as tf
 
-    from segjax import augment
     from segjax.data import blobs
+    from segjax.input import augment
 
     rng = np.random.default_rng(3)
     image, instances, _ = blobs.touching_blobs(rng, 96, radius_range=(6, 9))

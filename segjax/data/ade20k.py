@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from segjax.data import builders, image_io
 from segjax.data.base import Source
 from segjax.data.image_io import DataError
-from segjax.metrics import IGNORE_INDEX
+from segjax.evaluation.metrics import IGNORE_INDEX
 
 URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 ARCHIVE = "ADEChallengeData2016.zip"

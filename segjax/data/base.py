@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import tensorflow_datasets as tfds
 
 from segjax.data.records import RecordReader
-from segjax.lazy_imports import tf
+from segjax.runtime.lazy_imports import tf
 
 
 @dataclasses.dataclass(frozen=True)

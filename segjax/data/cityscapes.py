@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 from segjax.data import builders, image_io
 from segjax.data.base import Source
-from segjax.lazy_imports import tf
+from segjax.runtime.lazy_imports import tf
 
 CLASS_NAMES = (
     "road",

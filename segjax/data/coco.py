@@ -58,7 +58,7 @@ from segjax import config as config_lib
 from segjax.data import builders, image_io
 from segjax.data.base import Source
 from segjax.data.image_io import DataError
-from segjax.lazy_imports import tf
+from segjax.runtime.lazy_imports import tf
 
 BACKGROUND = "__background__"
 PLACEHOLDER = "N/A"  # names of the category ids a dataset does not use (label_map="category_id")

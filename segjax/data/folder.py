@@ -37,7 +37,7 @@ With ``config.data.folder_task = "instance"`` (default ``"semantic"``: everythin
 instance-mask folder is instance (detection) data for Mask R-CNN, as :mod:`segjax.data.coco` and
 :mod:`segjax.data.instance_shapes` are: every nonzero id of a mask is one object, and examples
 are ``{"image", "id", "boxes", "labels", "masks", "is_crowd", "areas"}``
-(:func:`segjax.augment_instances.instances_from_id_map`: boxes are the masks' pixel extents
+(:func:`segjax.input.augment_instances.instances_from_id_map`: boxes are the masks' pixel extents
 ``x1, y1, x2 + 1, y2 + 1``, labels the classes of the table above or 1 without one, no crowd
 regions). ``DatasetInfo.task`` is then ``"instance"`` and the class names are the ones below with
 the first (the background) named ``"__background__"``, so ``config.model.num_classes`` is the
@@ -65,12 +65,13 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segjax import augment_instances, losses
 from segjax import config as config_lib
+from segjax import losses
 from segjax.data import base, builders, image_io
 from segjax.data.base import Source
 from segjax.data.image_io import DataError
-from segjax.metrics import IGNORE_INDEX
+from segjax.evaluation.metrics import IGNORE_INDEX
+from segjax.input import augment_instances
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 MASK_TYPES = ("class", "instance")

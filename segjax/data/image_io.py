@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segjax.lazy_imports import tf
-from segjax.metrics import IGNORE_INDEX
+from segjax.errors import DataError
+from segjax.evaluation.metrics import IGNORE_INDEX
+from segjax.runtime.lazy_imports import tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp", ".pgm")
@@ -46,10 +47,6 @@ _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 INSTANCE_ID_MAX = 65535  # instance ids are stored as uint16
 _TIFF_SAMPLE_FORMAT = 339  # TIFF tag: 1 = unsigned integer (the default), 2 = signed, 3 = float
-
-
-class DataError(ValueError):
-    """A dataset file that cannot be used: unreadable, mismatched or with invalid labels."""
 
 
 def _open(data: bytes, path: str, what: str) -> Image.Image:

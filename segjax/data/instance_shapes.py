@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from segjax.data.base import Source
 from segjax.data.shapes import ShapesConfig  # split sizes per config, as for shapes
-from segjax.lazy_imports import tf
+from segjax.runtime.lazy_imports import tf
 
 CLASS_NAMES = ("__background__", "circle", "square", "triangle")
 CIRCLE, SQUARE, TRIANGLE = 1, 2, 3

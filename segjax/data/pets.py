@@ -20,8 +20,8 @@ import functools
 import tensorflow_datasets as tfds
 
 from segjax.data.base import Source
-from segjax.lazy_imports import tf
-from segjax.metrics import IGNORE_INDEX
+from segjax.evaluation.metrics import IGNORE_INDEX
+from segjax.runtime.lazy_imports import tf
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 SPECIES = ("cat", "dog")

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from segjax.data.image_io import DataError
-from segjax.lazy_imports import tf
+from segjax.runtime.lazy_imports import tf
 
 _HEADER = 12  # uint64 length + uint32 masked crc of the length
 _FOOTER = 4  # uint32 masked crc of the data

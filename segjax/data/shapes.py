@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from segjax.data import builders
 from segjax.data.base import Source
-from segjax.metrics import IGNORE_INDEX
+from segjax.evaluation.metrics import IGNORE_INDEX
 
 CLASS_NAMES = ("background", "circle", "square", "triangle")
 IMAGE_SIZE = 64

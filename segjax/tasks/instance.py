@@ -10,9 +10,9 @@ What the trainer asks of a task (:mod:`segjax.tasks`) for
   (:func:`~segjax.models.maskrcnn.trainable_mask`); the optimiser leaves the others alone
   (no update, no weight decay, no optimiser state);
 - evaluation: the jitted forward pass on the resized, padded batch
-  (:func:`segjax.input_pipeline.instance_eval_stream`), detections mapped to the original
+  (:func:`segjax.input.pipeline.instance_eval_stream`), detections mapped to the original
   pixels on device, masks pasted and scored on the host by
-  :class:`segjax.coco_eval.CocoEvaluator` against the ground truth at the original size,
+  :class:`segjax.evaluation.coco_eval.CocoEvaluator` against the ground truth at the original size,
   merged over every process: bbox and segm AP, AP50 … AR (``"segm/AP"`` …);
 - TensorBoard: the ground truth next to the detections scoring at least
   :data:`VIS_SCORE_THRESHOLD`.
@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import coco_eval, input_pipeline, logs, ops, sharding, visualize
+from segjax import logs, ops, sharding
+from segjax.evaluation import coco_eval, visualize
+from segjax.input import pipeline
 from segjax.models.maskrcnn import losses as maskrcnn_losses
 from segjax.models.maskrcnn import trainable_mask
 from segjax.models.maskrcnn.transform import ImageTransform, paste_masks
@@ -63,7 +65,8 @@ class InstanceEvalResult:
     """What :meth:`InstanceTask.evaluate` returns.
 
     Attributes:
-      metrics: :meth:`segjax.coco_eval.CocoEvaluator.evaluate` over every process's images.
+      metrics: :meth:`segjax.evaluation.coco_eval.CocoEvaluator.evaluate` over every process's
+      images.
       num_images: images evaluated, over all processes.
       examples: up to ``keep_preds`` local ``(image uint8, ground truth, detections)``, the
         detections with pasted masks, for pictures.
@@ -141,10 +144,10 @@ class InstanceTask:
         return lambda params: trainable_mask(model, params)
 
     def eval_stream(self, source, config, split, *, process_index=0, process_count=1):
-        """:func:`segjax.input_pipeline.instance_eval_stream`, its COCO backend
+        """:func:`segjax.input.pipeline.instance_eval_stream`, its COCO backend
         (``config.eval.coco_backend``) checked here, at start-up, not after an evaluation
         pass."""
-        stream = input_pipeline.instance_eval_stream(
+        stream = pipeline.instance_eval_stream(
             source, config, split, process_index=process_index, process_count=process_count
         )
         coco_eval.check_backend(stream.coco_backend)
@@ -165,8 +168,8 @@ class InstanceTask:
 
     def evaluate(self, eval_step, variables, stream, mesh, keep_preds: int = 0):
         """Runs ``eval_step`` over every batch of ``stream`` (an
-        :class:`~segjax.input_pipeline.InstanceEvalStream`) and scores the detections of every
-        image of every process (:func:`segjax.coco_eval.gather`)."""
+        :class:`~segjax.input.pipeline.InstanceEvalStream`) and scores the detections of every
+        image of every process (:func:`segjax.evaluation.coco_eval.gather`)."""
         evaluator = coco_eval.CocoEvaluator.for_dataset(stream.info, backend=stream.coco_backend)
         kept = []
         for batch in stream:
@@ -192,7 +195,7 @@ class InstanceTask:
         return " ".join(parts)
 
     def tables(self, summary: dict, info) -> list[str]:
-        """The COCO statistics table (:func:`segjax.coco_eval.format_table`)."""
+        """The COCO statistics table (:func:`segjax.evaluation.coco_eval.format_table`)."""
         del info
         return [coco_eval.format_table(summary)]
 

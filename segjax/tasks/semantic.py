@@ -17,8 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import inference, input_pipeline, logs, losses, metrics, ops, sharding
+from segjax import logs, losses, ops, sharding
 from segjax.data.image_io import DataError
+from segjax.evaluation import inference, metrics
+from segjax.input import pipeline
 
 # Batch fields the training loss reads besides the image (the rest of a batch is ignored).
 LOSS_FIELDS = ("mask", "weights")
@@ -58,7 +60,8 @@ def make_eval_step(
 ) -> Callable:
     """``(variables, batch) → (confusion matrix [C, C], predictions [B, H, W], num_valid)``.
 
-    Pure; predictions follow ``options`` (:class:`segjax.inference.InferenceOptions`, default
+    Pure; predictions follow ``options`` (:class:`segjax.evaluation.inference.InferenceOptions`,
+    default
     whole-image). Rows of padding examples (``batch["valid"]`` false) count nowhere.
     """
     predictor = inference.make_predictor(
@@ -85,7 +88,7 @@ class EvalResult:
       num_images: real (not padding) images counted, over all processes.
       examples: up to ``keep_preds`` local ``(image, mask, prediction)`` triples.
       object_counts: for data with instance ids, the object-matching counts
-        (:func:`segjax.metrics.object_match_counts`) summed over every image of every
+        (:func:`segjax.evaluation.metrics.object_match_counts`) summed over every image of every
         process; ``None`` otherwise.
     """
 
@@ -95,8 +98,10 @@ class EvalResult:
     object_counts: np.ndarray | None = None
 
     def summary(self) -> dict:
-        """:func:`segjax.metrics.summarize` of the confusion matrix, plus the object-level
-        metrics (:func:`segjax.metrics.summarize_objects`) when there are instance ids."""
+        """:func:`segjax.evaluation.metrics.summarize` of the confusion matrix, plus the
+        object-level
+        metrics (:func:`segjax.evaluation.metrics.summarize_objects`) when there are instance
+        ids."""
         summary = metrics.summarize(self.confusion_matrix)
         if self.object_counts is not None:
             summary.update(metrics.summarize_objects(self.object_counts))
@@ -169,8 +174,8 @@ class SemanticTask:
         del model
 
     def eval_stream(self, source, config, split, *, process_index=0, process_count=1):
-        """:func:`segjax.input_pipeline.eval_stream`."""
-        return input_pipeline.eval_stream(
+        """:func:`segjax.input.pipeline.eval_stream`."""
+        return pipeline.eval_stream(
             source, config, split, process_index=process_index, process_count=process_count
         )
 
@@ -192,7 +197,7 @@ class SemanticTask:
         """Runs ``eval_step`` (:meth:`compile_eval_step`) over every batch of ``stream``.
 
         The one semantic evaluation loop, used by training and by ``segjax.evaluate``. Every
-        process feeds its part of the split (:func:`segjax.input_pipeline.eval_stream`, padded
+        process feeds its part of the split (:func:`segjax.input.pipeline.eval_stream`, padded
         and masked), so each image is counted exactly once on any number of hosts. Batches
         with ``"instances"`` (instance ids) are also scored object by object on the host.
         """

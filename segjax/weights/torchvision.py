@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segjax import models
+from segjax.errors import ConversionError
 from segjax.models.backbones import mobilenet, resnet, vgg
 
 BN_TORCH_LEAVES = {
@@ -70,10 +71,6 @@ BN_TORCH_LEAVES = {
     ("batch_stats", "scale"): "weight",
     ("batch_stats", "bias"): "bias",
 }
-
-
-class ConversionError(ValueError):
-    """A state dict does not fit the requested architecture (keys, shapes or classes)."""
 
 
 # --------------------------------------------------------------------------- path rules

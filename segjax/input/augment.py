@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segjax.lazy_imports import tf
-from segjax.metrics import IGNORE_INDEX
+from segjax.evaluation.metrics import IGNORE_INDEX
+from segjax.runtime.lazy_imports import tf
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)

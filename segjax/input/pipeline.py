@@ -24,10 +24,10 @@ from collections.abc import Iterator
 import ml_collections
 import numpy as np
 
-from segjax import augment, augment_instances
 from segjax.data.base import Source
-from segjax.lazy_imports import tf
-from segjax.metrics import IGNORE_INDEX
+from segjax.evaluation.metrics import IGNORE_INDEX
+from segjax.input import augment, augment_instances
+from segjax.runtime.lazy_imports import tf
 
 # Extra per-pixel fields (``Source.info.fields``) each pipeline carries through its transform.
 TRAIN_FIELDS = ("weights",)
@@ -127,7 +127,7 @@ def train_iterator(
       ``"weights"`` float32 ``[b, h, w]`` when the source has the U-Net weight map) with
       ``b = train.batch_size / process_count``; for instance sources
       (``source.info.task == "instance"``) the fixed-shape fields of
-      :func:`segjax.augment_instances.train_transform_instances`.
+      :func:`segjax.input.augment_instances.train_transform_instances`.
     """
     d = config.data
     host_batch = _host_batch(config.train.batch_size, process_count)
@@ -216,7 +216,7 @@ def _train_transform(d: ml_collections.ConfigDict, seed: int, info):
 
 def _instance_train_transform(d: ml_collections.ConfigDict, seed: int):
     """``(position, example) → fixed-shape instance fields`` (image, image_size, boxes, labels,
-    masks, is_crowd, instance_valid, num_dropped): :mod:`segjax.augment_instances` with the
+    masks, is_crowd, instance_valid, num_dropped): :mod:`segjax.input.augment_instances` with the
     options of ``config.data.instances`` and the per-example seed ``(seed, position)``."""
     options = augment_instances.train_options(d)
 
@@ -334,7 +334,7 @@ class InstanceEvalStream:
       num_batches: batches per process (equal on all processes).
       num_examples: real examples in this process's part.
       coco_backend: what scores the detections (``config.eval.coco_backend``; see
-        :mod:`segjax.coco_eval`).
+        :mod:`segjax.evaluation.coco_eval`).
     """
 
     examples: tf.data.Dataset
@@ -375,7 +375,7 @@ def instance_eval_stream(
     process_count: int = 1,
 ) -> InstanceEvalStream:
     """This process's evaluation batches of an instance ``split`` (:class:`InstanceEvalStream`):
-    images transformed by :func:`segjax.augment_instances.eval_transform_instances` with
+    images transformed by :func:`segjax.input.augment_instances.eval_transform_instances` with
     ``config.data.instances`` (torchvision's evaluation resize), ground truth as stored."""
     d = config.data
     host_batch, num_batches = _eval_batches(source, split, config.eval.batch_size, process_count)

@@ -14,7 +14,7 @@ to fixed variables) and a batch of normalised images ``[B, H, W, 3]``, is pure a
 * :func:`multi_scale_flip` — test-time augmentation: the image resized by each scale (and
   horizontally flipped, batched with the original), each prediction resized back, softmax
   probabilities averaged.
-* :func:`crf_refine` — dense-CRF post-processing of probabilities (:mod:`segjax.crf`).
+* :func:`crf_refine` — dense-CRF post-processing of probabilities (:mod:`segjax.evaluation.crf`).
 
 :func:`make_predictor` combines them as configured. Restoring a trained model for inference is
 :func:`segjax.trainer.load_for_inference` (variables only, via :func:`segjax.checkpoint.
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segjax import crf
+from segjax.evaluation import crf
 from segjax.models import unet
 
 LogitsFn = Callable[[jax.Array], jax.Array]

@@ -10,7 +10,7 @@ to ``max_instances`` with an ``instance_valid`` flag (:func:`pad_instances`).
   trains (shorter side to a ``min_size`` drawn from the configured tuple, longer side capped at
   ``max_size``) or, as an option, large-scale jitter (a random scale of the fixed output size,
   then a random crop, or padding, to it) → horizontal flip → normalise → pad. A pure function
-  of the per-example seed, like :func:`segjax.augment.train_transform_fields`.
+  of the per-example seed, like :func:`segjax.input.augment.train_transform_fields`.
 - :func:`eval_transform_instances`: resize to the last ``min_size`` without randomness, pad,
   keep ``original_size`` and ``id``.
 - :func:`pad_instances`: static padding to ``max_instances``; more instances stop with an error
@@ -38,8 +38,8 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from segjax import augment
-from segjax.lazy_imports import tf
+from segjax.input import augment
+from segjax.runtime.lazy_imports import tf
 
 OVERFLOW_MODES = ("error", "drop_smallest")
 # Per-instance fields a transform carries, in output order; "areas" only when present.

@@ -36,7 +36,7 @@ from absl import logging
 from jax import monitoring
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
-from segjax import host_heap
+from segjax.runtime import host_heap
 
 ENV_VAR = "SEGJAX_COMPILE_CACHE"
 OFF_VALUES = frozenset({"off", "0", "false", "no", "none"})
@@ -123,7 +123,7 @@ def _writable_dir(directory: str) -> str | None:
 
 def compile_and_release(jitted, *args):
     """``jitted`` (a ``jax.jit`` function) compiled ahead of time for ``args``, with the
-    compiler's freed heap returned to the OS (:func:`segjax.host_heap.release_freed_heap`)
+    compiler's freed heap returned to the OS (:func:`segjax.runtime.host_heap.release_freed_heap`)
     before the executable first runs, so the step's buffers do not pile onto the compiler's
     peak. The persistent cache serves this compile as it serves a first call; call the result
     with arguments of the same shapes and shardings."""

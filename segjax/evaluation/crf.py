@@ -124,13 +124,15 @@ class CRFParams:
         for ok, name, expected in checks:
             if not ok:
                 raise ValueError(
-                    f"segjax/crf.py CRFParams: {name}={getattr(self, name)!r}, expected {expected}"
+                    f"segjax/evaluation/crf.py CRFParams: {name}={getattr(self, name)!r}, "
+                    f"expected {expected}"
                 )
         if self.compatibility is not None:
             mu = np.asarray(self.compatibility, np.float64)
             if mu.ndim != 2 or mu.shape[0] != mu.shape[1] or not np.allclose(mu, mu.T):
                 raise ValueError(
-                    "segjax/crf.py CRFParams: compatibility must be a symmetric C x C matrix, "
+                    "segjax/evaluation/crf.py CRFParams: compatibility must be a symmetric "
+                    "C x C matrix, "
                     f"got {self.compatibility!r}"
                 )
             # Hashable and exact: store as nested tuples of floats.
@@ -159,7 +161,7 @@ def _compatibility(params: CRFParams, num_classes: int) -> np.ndarray:
     mu = np.asarray(params.compatibility, np.float32)
     if mu.shape != (num_classes, num_classes):
         raise ValueError(
-            f"segjax/crf.py: compatibility is {mu.shape[0]}x{mu.shape[1]}, expected "
+            f"segjax/evaluation/crf.py: compatibility is {mu.shape[0]}x{mu.shape[1]}, expected "
             f"{num_classes}x{num_classes} for scores with {num_classes} classes"
         )
     return mu
@@ -177,7 +179,8 @@ def compatibility_tangent_norm(params: CRFParams, num_classes: int) -> float:
     eig = np.linalg.eigvalsh(proj @ mu @ proj)
     if eig.max() > 1e-6 * max(1.0, np.abs(eig).max()):
         raise ValueError(
-            "segjax/crf.py: convergent=True needs a compatibility that is negative semi-definite "
+            "segjax/evaluation/crf.py: convergent=True needs a compatibility that is "
+            "negative semi-definite "
             f"on the simplex tangent space; largest eigenvalue is {eig.max():.4g}"
         )
     return float(np.abs(eig).max())
@@ -418,18 +421,19 @@ def _step_bound(kernels: list[_Kernel], mu_norm: float) -> jax.Array:
 def _check(scores: jax.Array, images: jax.Array, params: CRFParams) -> None:
     if scores.ndim != 4 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
-            "segjax/crf.py: expected scores [B, H, W, C] and images [B, H, W, 3], got "
+            "segjax/evaluation/crf.py: expected scores [B, H, W, C] and images [B, H, W, 3], got "
             f"{scores.shape} and {images.shape}"
         )
     if scores.shape[:3] != images.shape[:3]:
         raise ValueError(
-            f"segjax/crf.py: scores {scores.shape} and images {images.shape} differ in B, H, W"
+            f"segjax/evaluation/crf.py: scores {scores.shape} and images {images.shape} differ "
+            "in B, H, W"
         )
     n = scores.shape[1] * scores.shape[2]
     if params.filter == "exact" and n > _EXACT_MAX_PIXELS:
         raise ValueError(
-            f"segjax/crf.py: filter='exact' builds N x N kernels; N = {n} pixels exceeds "
-            f"{_EXACT_MAX_PIXELS}. Use filter='grid'."
+            f"segjax/evaluation/crf.py: filter='exact' builds N x N kernels; N = {n} pixels "
+            f"exceeds {_EXACT_MAX_PIXELS}. Use filter='grid'."
         )
 
 
