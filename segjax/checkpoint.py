@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from segjax.errors import CheckpointMismatchError
+from segjax.errors import CheckpointMismatchError, ConfigError, MissingFileError
 from segjax.sharding import path_to_str
 
 # What a model's shapes determine; the optimiser state mirrors the params.
@@ -162,18 +162,18 @@ def restore_variables(
     """
     path = os.path.abspath(checkpoint_dir)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"no checkpoint directory at {path}")
+        raise MissingFileError(f"no checkpoint directory at {path}")
     steps = _step_dirs(path)
     if steps:
         if step is None:
             step = steps[-1]
         elif step not in steps:
-            raise FileNotFoundError(f"no checkpoint of step {step} in {path}; steps: {steps}")
+            raise MissingFileError(f"no checkpoint of step {step} in {path}; steps: {steps}")
         item = _item_dir(path, step)
     elif step is not None:
-        raise ValueError(f"--step {step} given but {path} is a variables checkpoint (no steps)")
+        raise ConfigError(f"--step {step} given but {path} is a variables checkpoint (no steps)")
     elif not os.listdir(path):
-        raise FileNotFoundError(f"checkpoint directory {path} is empty (no steps, no variables)")
+        raise MissingFileError(f"checkpoint directory {path} is empty (no steps, no variables)")
     else:
         item = path
     check_fits(item, abstract_variables, allow_unused=not steps)
@@ -205,7 +205,7 @@ def read_weights(directory: str) -> dict:
     """
     path = os.path.abspath(directory)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"no checkpoint directory at {path}")
+        raise MissingFileError(f"no checkpoint directory at {path}")
     # An explicit single-device target: without one Orbax restores onto the shardings it
     # saved, which fails when the checkpoint came from a different number of devices.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -123,12 +123,12 @@ SEMANTIC_FLAGS = ("mode", "crop", "stride", "tile_batch", "tile_size", "scales",
 
 
 def require_no_semantic_flags(model_name: str, instead: str = "") -> None:
-    """Raises ValueError naming the semantic-only inference flags given for an instance model
+    """Raises ConfigError naming the semantic-only inference flags given for an instance model
     (it runs on whole images); ``instead`` names the flags that do apply."""
     given = [f"--{name}" for name in SEMANTIC_FLAGS if flags.FLAGS[name].present]
     if given:
         hint = f" (use {instead})" if instead else ""
-        raise ValueError(
+        raise errors.ConfigError(
             f"{', '.join(given)}: semantic-segmentation options; the instance model "
             f"{model_name!r} predicts whole images{hint}"
         )
@@ -153,16 +153,30 @@ def run_tool(main) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that turns any flag or config error into one line on stderr."""
+    """absl flag parsing that turns any flag or config error into one line on stderr.
+
+    Flags and config files are the user's, so whatever they raise while being parsed is a user
+    error, whatever its type; ``SEGJAX_TRACEBACK=1`` shows its traceback instead (a config
+    file is code: its bug may need one).
+    """
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
+        _raise_if_traceback_wanted()
         fail(_one_line(e))
     except (AttributeError, KeyError) as e:  # a misspelt --config.x override
+        _raise_if_traceback_wanted()
         fail(_unknown_override(argv, e))
     except Exception as e:  # config files raise their own errors while being loaded
+        _raise_if_traceback_wanted()
         fail(f"{type(e).__name__}: {_one_line(e)}")
     return []
+
+
+def _raise_if_traceback_wanted() -> None:
+    """Re-raises the exception being handled when ``SEGJAX_TRACEBACK`` is set."""
+    if os.environ.get("SEGJAX_TRACEBACK"):
+        raise  # noqa: PLE0704 - called from an except block: re-raises what it handles
 
 
 def _unknown_override(argv: list[str], error: BaseException) -> str:
@@ -190,7 +204,8 @@ def require_config(config, flag: str = "--config"):
         fail(f"{flag} is required (e.g. {flag} configs/quickstart.py)")
     try:  # ml_collections defers a config file's load error to the first attribute access
         config.keys()
-    except Exception as e:
+    except Exception as e:  # the config file is the user's: any error in it is theirs
+        _raise_if_traceback_wanted()
         fail(f"{flag}: {type(e).__name__}: {_one_line(e)}")
     return config
 
@@ -272,14 +287,24 @@ def setup_runtime(
 
 @contextlib.contextmanager
 def clean_errors():
-    """Reports expected user errors (bad config value, missing file, bad data) in one line."""
+    """Reports user errors — segjax's own types (:mod:`segjax.errors`: a bad config value, a
+    missing file, bad data) — in one line naming the culprit, and exits with status 2
+    (:func:`segjax.logs.fail`). Any other exception is a bug (in segjax or a library) and
+    propagates with its traceback, whatever its type (a ``ValueError`` too).
+
+    ``SEGJAX_TRACEBACK=1`` shows the traceback of user errors as well.
+    """
     try:
         yield
-    except (ValueError, KeyError, FileNotFoundError, errors.NonFiniteError) as e:
+    except errors.SegjaxError as e:
         if os.environ.get("SEGJAX_TRACEBACK"):
             raise
         fail(f"{type(e).__name__}: {_one_line(e)}  (set SEGJAX_TRACEBACK=1 for the traceback)")
     except tf.errors.InvalidArgumentError as e:
+        # Raised while tf.data runs: the input pipeline's checks of each example
+        # (tf.debugging.Assert in segjax.input: a mask id out of range, too many instances,
+        # an image larger than the pad size …) and TensorFlow's decoders (a corrupt image)
+        # report bad data this way; segjax's own graph-building bugs surface at trace time.
         if os.environ.get("SEGJAX_TRACEBACK"):
             raise
         fail(f"bad input data: {_one_line(e.message)}")

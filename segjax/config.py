@@ -10,6 +10,7 @@ import dataclasses
 
 import ml_collections
 
+from segjax.errors import ConfigError
 from segjax.input import augment
 
 
@@ -274,7 +275,7 @@ def parse_arg(arg: str | None, *, choices=None, **defaults) -> ml_collections.Co
         key, sep, value = item.partition("=")
         key = key.strip()
         if key not in defaults:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown config argument {key!r}; this config accepts: {', '.join(defaults)}"
             )
         if not sep:
@@ -284,7 +285,7 @@ def parse_arg(arg: str | None, *, choices=None, **defaults) -> ml_collections.Co
             out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
     for key, allowed in (choices or {}).items():
         if out[key] not in allowed:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown {key}={out[key]!r}; this config's {key}s: "
                 + ", ".join(str(a) for a in allowed)
             )

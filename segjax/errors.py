@@ -17,6 +17,18 @@ class ConfigError(SegjaxError, ValueError):
     """A config value, flag or argument that is unknown, out of range or inconsistent."""
 
 
+class UnknownNameError(ConfigError, KeyError):
+    """A name (model, backbone, dataset …) that is not in segjax's table of known names.
+
+    Both a :class:`ConfigError` and a ``KeyError``: :func:`segjax.models.create` has always
+    raised ``KeyError`` for an unknown name, so callers catching that keep working.
+    """
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would quote the message (it shows the missing key's repr).
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
 class DataError(SegjaxError, ValueError):
     """A dataset file that cannot be used: unreadable, mismatched or with invalid labels."""
 
@@ -45,4 +57,5 @@ __all__ = [
     "MissingFileError",
     "NonFiniteError",
     "SegjaxError",
+    "UnknownNameError",
 ]

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from scipy import ndimage
 
+from segjax.errors import ConfigError
 from segjax.evaluation.metrics import IGNORE_INDEX
 
 
@@ -139,7 +140,7 @@ def _class_weight_map(class_mask: np.ndarray, valid: np.ndarray, class_weights) 
     if class_weights is not None:
         table = np.asarray(class_weights, np.float64)
         if present.size and (present.min() < 0 or present.max() >= table.size):
-            raise ValueError(
+            raise ConfigError(
                 f"unet_weight_map: class ids {present.tolist()} need entries in class_weights "
                 f"of length {table.size}"
             )
@@ -232,7 +233,7 @@ def _pixel_class_weights(class_weights, labels: jax.Array, num_classes: int) -> 
         return jnp.ones(labels.shape, jnp.float32)
     table = jnp.asarray(class_weights, jnp.float32)
     if table.shape != (num_classes,):
-        raise ValueError(
+        raise ConfigError(
             f"loss: class_weights has shape {table.shape}, expected one weight per class "
             f"({num_classes},)"
         )
@@ -562,7 +563,7 @@ def build_loss(train_config) -> LossFn:
     class_weights = _config_class_weights(train_config.class_weights)
     label_smoothing = train_config.label_smoothing
     if not (_is_finite_number(label_smoothing) and 0 <= label_smoothing < 1):
-        raise ValueError(
+        raise ConfigError(
             f"config.train.label_smoothing={label_smoothing!r}: must be a number in [0, 1)"
         )
     terms = _term_functions(params, class_weights, float(label_smoothing))
@@ -621,18 +622,18 @@ def _term_weights(loss_config) -> dict[str, float]:
     weights = {}
     for name, value in loss_config.items():
         if name not in LOSS_TERMS:
-            raise ValueError(
+            raise ConfigError(
                 f"config.train.loss.{name}: unknown loss term {name!r}; "
                 f"known: {', '.join(LOSS_TERMS)}"
             )
         if not (_is_finite_number(value) and value >= 0):
-            raise ValueError(
+            raise ConfigError(
                 f"config.train.loss.{name}={value!r}: a loss weight must be a finite number >= 0"
             )
         if value > 0:
             weights[name] = float(value)
     if not weights:
-        raise ValueError(
+        raise ConfigError(
             "config.train.loss: every term has weight 0; give at least one of "
             f"{', '.join(LOSS_TERMS)} a weight > 0"
         )
@@ -674,15 +675,17 @@ def _loss_params(params_config) -> dict:
     given = dict(params_config.items())
     for name in given:
         if name not in _LOSS_PARAM_RULES:
-            raise ValueError(
+            raise ConfigError(
                 f"config.train.loss_params.{name}: unknown loss parameter; "
                 f"known: {', '.join(_LOSS_PARAM_RULES)}"
             )
     for name, (accepts, expected) in _LOSS_PARAM_RULES.items():
         if name not in given:
-            raise ValueError(f"config.train.loss_params.{name}: missing; expected {expected}")
+            raise ConfigError(f"config.train.loss_params.{name}: missing; expected {expected}")
         if not accepts(given[name]):
-            raise ValueError(f"config.train.loss_params.{name}={given[name]!r}: must be {expected}")
+            raise ConfigError(
+                f"config.train.loss_params.{name}={given[name]!r}: must be {expected}"
+            )
     return given
 
 
@@ -696,7 +699,7 @@ def _config_class_weights(class_weights) -> np.ndarray | None:
     if not values:
         return None
     if not all(_non_negative(v) for v in values) or not any(v > 0 for v in values):
-        raise ValueError(
+        raise ConfigError(
             f"config.train.class_weights={tuple(class_weights)!r}: must be () or one finite "
             "weight >= 0 per class, at least one > 0"
         )

@@ -15,6 +15,8 @@ import jax
 import ml_collections
 import optax
 
+from segjax.errors import ConfigError
+
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     """The schedule named by ``config.schedule`` over ``num_steps`` steps."""
@@ -30,7 +32,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) ->
     elif config.schedule == "multistep":
         main = _multistep(config, warmup)
     else:
-        raise ValueError(
+        raise ConfigError(
             f"unknown config.optim.schedule {config.schedule!r}; expected poly, cosine, "
             "constant or multistep"
         )
@@ -44,7 +46,7 @@ def _multistep(config: ml_collections.ConfigDict, warmup: int) -> optax.Schedule
     """``lr``, times ``decay_factor`` from each of ``decay_steps`` (absolute steps) on."""
     steps = [int(s) for s in config.decay_steps]
     if not steps or steps != sorted(steps) or steps[0] <= warmup:
-        raise ValueError(
+        raise ConfigError(
             f"config.optim.decay_steps={tuple(config.decay_steps)}; the multistep schedule "
             f"needs increasing steps after the warm-up (warmup_steps={warmup})"
         )
@@ -97,7 +99,7 @@ def make_optimizer(
             )
         )
     else:
-        raise ValueError(f"unknown config.optim.name {config.name!r}; expected sgd or adamw")
+        raise ConfigError(f"unknown config.optim.name {config.name!r}; expected sgd or adamw")
     tx = optax.chain(*parts)
     if trainable is not None:
         labels = lambda params: jax.tree.map(

@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from segjax.errors import ConfigError
+
 BATCH_AXES = ("data", "fsdp")
 
 
@@ -37,7 +39,7 @@ def maybe_initialize_distributed(
         process_id = int(os.environ.get("SEGJAX_PROCESS_ID", "-1"))
     if coordinator_address:
         if num_processes < 1 or process_id < 0:
-            raise ValueError(
+            raise ConfigError(
                 "multi-process run needs num_processes and process_id with coordinator_address "
                 f"{coordinator_address!r} (got {num_processes}, {process_id})"
             )
@@ -109,14 +111,14 @@ def make_mesh(config: ml_collections.ConfigDict, devices: Sequence | None = None
     n = len(devices)
     sizes = [int(config.data), int(config.fsdp)]
     if sizes.count(-1) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got data={sizes[0]} fsdp={sizes[1]}")
+        raise ConfigError(f"at most one mesh axis may be -1, got data={sizes[0]} fsdp={sizes[1]}")
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if n % known:
-            raise ValueError(f"{n} devices cannot be split into a mesh with fixed size {known}")
+            raise ConfigError(f"{n} devices cannot be split into a mesh with fixed size {known}")
         sizes[sizes.index(-1)] = n // known
     if int(np.prod(sizes)) != n:
-        raise ValueError(f"mesh data={sizes[0]} × fsdp={sizes[1]} does not match {n} devices")
+        raise ConfigError(f"mesh data={sizes[0]} × fsdp={sizes[1]} does not match {n} devices")
     grid = np.asarray(devices, dtype=object).reshape(sizes)
     return Mesh(grid, ("data", "fsdp"))
 
@@ -136,7 +138,7 @@ def check_batches_fit(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
         ("eval.batch_size", config.eval.batch_size),
     ):
         if int(value) % devices:
-            raise ValueError(
+            raise ConfigError(
                 f"config.{key}={value} does not split over the mesh's {devices} devices; "
                 f"expected a multiple of {devices} (or fewer devices: config.host_devices, "
                 "config.mesh)"
@@ -165,7 +167,7 @@ def _spec_for(shape: tuple[int, ...], mode: str, fsdp_size: int, min_size: int) 
     if mode == "replicate" or fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
     if mode != "fsdp":
-        raise ValueError(f"unknown sharding mode {mode!r}; expected 'replicate' or 'fsdp'")
+        raise ConfigError(f"unknown sharding mode {mode!r}; expected 'replicate' or 'fsdp'")
     # Largest dimension divisible by the axis size (ties: the last such dimension).
     best = None
     for dim, size in enumerate(shape):

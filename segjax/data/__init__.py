@@ -10,6 +10,7 @@ import ml_collections
 
 from segjax.data import ade20k, cityscapes, coco, folder, instance_shapes, pets, shapes, voc
 from segjax.data.base import DatasetInfo, Source
+from segjax.errors import ConfigError
 
 __all__ = ["DatasetInfo", "Source", "get_source", "names"]
 
@@ -40,21 +41,21 @@ def get_source(data_config: ml_collections.ConfigDict) -> Source:
     """
     name = data_config.name
     if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}")
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}")
     if name != "folder":
         # Only folder datasets read instance masks; elsewhere these keys would do nothing.
         if data_config.get("mask_type", "class") != "class":
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.mask_type={data_config.mask_type!r} needs config.data.name="
                 f"'folder' (dataset {name!r} has class masks only)"
             )
         if data_config.get("folder_task", "semantic") != "semantic":
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.folder_task={data_config.folder_task!r} needs config.data.name="
                 f"'folder'; expected 'semantic' for dataset {name!r} (its task is its own)"
             )
         if data_config.get("weight_map") and data_config.weight_map.enabled:
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.weight_map.enabled needs instance masks (config.data.name="
                 f"'folder' with mask_type='instance'); dataset {name!r} has class masks only"
             )

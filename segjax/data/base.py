@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import tensorflow_datasets as tfds
 
 from segjax.data.records import RecordReader
+from segjax.errors import ConfigError
 from segjax.runtime.lazy_imports import tf
 
 
@@ -95,7 +96,7 @@ def process_split(split: str, num_examples: int, process_index: int, process_cou
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside [0, {process_count})")
     if num_examples < process_count:
-        raise ValueError(
+        raise ConfigError(
             f"split {split!r} has {num_examples} examples, fewer than the {process_count} processes"
         )
     if process_count == 1:
@@ -148,7 +149,7 @@ class Source:
 
     def _require_split(self, split: str) -> None:
         if split not in self.info.splits:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {self.info.name!r} has no split {split!r}; "
                 f"splits: {', '.join(sorted(self.info.splits))}"
             )

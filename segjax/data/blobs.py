@@ -26,6 +26,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from segjax.errors import ConfigError
+
 ROUND, ELONGATED = 1, 2
 _MAX_ID = 65535
 
@@ -227,7 +229,7 @@ def write_touching_blobs(
       ValueError: ``num_images < 1`` or ``val_fraction`` outside ``[0, 1)``.
     """
     if num_images < 1 or not 0 <= val_fraction < 1:
-        raise ValueError(
+        raise ConfigError(
             f"write_touching_blobs: num_images={num_images}, val_fraction={val_fraction}; "
             "expected num_images >= 1 and 0 <= val_fraction < 1"
         )

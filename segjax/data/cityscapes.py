@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from segjax.data import builders, image_io
 from segjax.data.base import Source
+from segjax.errors import MissingFileError
 from segjax.runtime.lazy_imports import tf
 
 CLASS_NAMES = (
@@ -115,7 +116,7 @@ def _require_zips(manual_dir: str) -> None:
     """Stops with one line naming the missing zips (TFDS itself fails with an assertion)."""
     missing = [n for n in _ZIP_SIZES if not os.path.isfile(os.path.join(manual_dir, n))]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Cityscapes: {', '.join(missing)} not found in {manual_dir}; download "
             + " and ".join(f"{n} ({_ZIP_SIZES[n]})" for n in missing)
             + " from https://www.cityscapes-dataset.com (login needed) into that folder, or "

@@ -58,6 +58,7 @@ from segjax import config as config_lib
 from segjax.data import builders, image_io
 from segjax.data.base import Source
 from segjax.data.image_io import DataError
+from segjax.errors import ConfigError
 from segjax.runtime.lazy_imports import tf
 
 BACKGROUND = "__background__"
@@ -167,7 +168,7 @@ class CocoOptions:
 
 def _choice(value: str, key: str, choices: Iterable[str]) -> str:
     if value not in choices:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.coco.{key}={value!r}; expected one of {', '.join(map(repr, choices))}"
         )
     return value
@@ -180,7 +181,7 @@ def _split_files(coco, split: str, prefix: str) -> SplitFiles | None:
         return None
     if not json_path or not images:
         missing, given = ("json", "images") if not json_path else ("images", "json")
-        raise ValueError(
+        raise ConfigError(
             f"config.data.coco.{prefix}_{given} is set but {prefix}_{missing} is not; split "
             f"{split!r} needs its annotation file and the folder its file_names are relative to"
         )

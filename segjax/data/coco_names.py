@@ -11,6 +11,8 @@ the detectron convention) map label k to :data:`CATEGORY_IDS` ``[k − 1]``;
 :data:`CONTIGUOUS_TO_CATEGORY_ID` and :data:`CATEGORY_ID_TO_CONTIGUOUS` are that mapping.
 """
 
+from segjax.errors import ConfigError
+
 BACKGROUND = "__background__"
 PLACEHOLDER = "N/A"
 
@@ -131,7 +133,7 @@ def category_id(label: int) -> int:
     label = int(label)
     if label not in CATEGORY_ID_TO_CONTIGUOUS:
         what = f"the {CATEGORIES[label]!r} slot" if 0 <= label < NUM_CLASSES else "out of range"
-        raise ValueError(
+        raise ConfigError(
             f"COCO label {label} is {what}; expected one of the 80 category ids 1…90 "
             f"(not 0 or {', '.join(str(i) for i in placeholder_ids())})"
         )

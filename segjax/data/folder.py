@@ -70,6 +70,7 @@ from segjax import losses
 from segjax.data import base, builders, image_io
 from segjax.data.base import Source
 from segjax.data.image_io import DataError
+from segjax.errors import ConfigError
 from segjax.evaluation.metrics import IGNORE_INDEX
 from segjax.input import augment_instances
 
@@ -299,14 +300,14 @@ def check_mask_type(data_config) -> bool:
     """
     mask_type, table_value = data_config.mask_type, data_config.instance_classes
     if mask_type not in MASK_TYPES:
-        raise ValueError(f"config.data.mask_type={mask_type!r}; expected 'class' or 'instance'")
+        raise ConfigError(f"config.data.mask_type={mask_type!r}; expected 'class' or 'instance'")
     if mask_type == "class" and data_config.weight_map.enabled:
-        raise ValueError(
+        raise ConfigError(
             "config.data.weight_map.enabled=True needs config.data.mask_type='instance' "
             "(got 'class'): the border weights are computed from instance ids"
         )
     if mask_type == "class" and table_value:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.instance_classes={table_value!r} needs "
             "config.data.mask_type='instance' (got 'class')"
         )
@@ -323,16 +324,16 @@ def check_folder_task(data_config) -> bool:
     """
     task = data_config.folder_task
     if task not in FOLDER_TASKS:
-        raise ValueError(f"config.data.folder_task={task!r}; expected 'semantic' or 'instance'")
+        raise ConfigError(f"config.data.folder_task={task!r}; expected 'semantic' or 'instance'")
     if task == "semantic":
         return False
     if data_config.mask_type != "instance":
-        raise ValueError(
+        raise ConfigError(
             f"config.data.folder_task='instance' needs config.data.mask_type='instance' (got "
             f"{data_config.mask_type!r}): objects are read from instance-id masks"
         )
     if data_config.weight_map.enabled:
-        raise ValueError(
+        raise ConfigError(
             "config.data.weight_map.enabled=True with config.data.folder_task='instance'; "
             "expected False (the border weight map is a semantic U-Net loss weight)"
         )
@@ -360,7 +361,7 @@ def instance_options(data_config, num_classes: int) -> InstanceOptions | None:
         return None
     table_value, wm = data_config.instance_classes, data_config.weight_map
     if num_classes < 2:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.mask_type='instance' needs at least 2 classes (background + objects), "
             f"got {num_classes}"
         )
@@ -381,12 +382,12 @@ def instance_options(data_config, num_classes: int) -> InstanceOptions | None:
 def _weight_map_options(wm, num_classes: int) -> WeightMapOptions:
     """``config.data.weight_map`` as :class:`WeightMapOptions`, checked (ValueError)."""
     if not float(wm.sigma) > 0 or not float(wm.w0) >= 0:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.weight_map: w0={wm.w0}, sigma={wm.sigma}; expected w0 >= 0, sigma > 0"
         )
     class_weights = tuple(float(w) for w in wm.class_weights) or None
     if class_weights is not None and len(class_weights) != num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.weight_map.class_weights has {len(class_weights)} weights for "
             f"{num_classes} classes; expected one per class or () (balance per image)"
         )

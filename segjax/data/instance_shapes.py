@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from segjax.data.base import Source
 from segjax.data.shapes import ShapesConfig  # split sizes per config, as for shapes
+from segjax.errors import ConfigError
 from segjax.runtime.lazy_imports import tf
 
 CLASS_NAMES = ("__background__", "circle", "square", "triangle")
@@ -232,7 +233,7 @@ def load(data_config) -> Source:
     config_name = data_config.config_name
     names = [c.name for c in InstanceShapes.BUILDER_CONFIGS]
     if config_name and config_name not in names:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.config_name={config_name!r}: instance_shapes has no such config; "
             f"configs: {', '.join(names)}"
         )

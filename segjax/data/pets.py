@@ -20,6 +20,7 @@ import functools
 import tensorflow_datasets as tfds
 
 from segjax.data.base import Source
+from segjax.errors import ConfigError
 from segjax.evaluation.metrics import IGNORE_INDEX
 from segjax.runtime.lazy_imports import tf
 
@@ -90,7 +91,7 @@ def trimap_to_classes(
     elif mode == "trimap":
         pet = tf.constant(1)
     else:
-        raise ValueError(f"unknown Oxford-IIIT Pet mode {mode!r}; expected one of {list(MODES)}")
+        raise ConfigError(f"unknown Oxford-IIIT Pet mode {mode!r}; expected one of {list(MODES)}")
     border = 2 if mode == "trimap" else IGNORE_INDEX
     out = tf.fill(tf.shape(trimap), IGNORE_INDEX)
     out = tf.where(trimap == TRIMAP_PET, pet, out)
@@ -101,7 +102,7 @@ def trimap_to_classes(
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.config_name={mode!r} is not an Oxford-IIIT Pet mode; "
             f"expected one of {list(MODES)}"
         )

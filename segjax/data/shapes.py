@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from segjax.data import builders
 from segjax.data.base import Source
+from segjax.errors import ConfigError
 from segjax.evaluation.metrics import IGNORE_INDEX
 
 CLASS_NAMES = ("background", "circle", "square", "triangle")
@@ -119,7 +120,7 @@ def load(data_dir: str | None, config_name: str = "") -> Source:
     """
     names = [c.name for c in Shapes.BUILDER_CONFIGS]
     if config_name and config_name not in names:
-        raise ValueError(f"shapes has no config {config_name!r}; configs: {', '.join(names)}")
+        raise ConfigError(f"shapes has no config {config_name!r}; configs: {', '.join(names)}")
     builder = Shapes(data_dir=data_dir, config=config_name or "default")
     builder.download_and_prepare()
     return Source.from_builder(builder, name="shapes", class_names=CLASS_NAMES)

@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 from segjax.data import builders, image_io
 from segjax.data.base import Source
 from segjax.data.image_io import DataError
+from segjax.errors import ConfigError
 
 CLASS_NAMES = (
     "background",
@@ -231,7 +232,7 @@ def load(data_config) -> Source:
     ``data_config.config_name="aug"`` the same as ``voc_aug``."""
     name = data_config.config_name
     if name not in _CONFIG_NAMES:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.config_name={name!r} is not a VOC config; expected '2012' or 'aug'"
         )
     return load_builder(data_config, _CONFIG_NAMES[name])

@@ -59,6 +59,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from segjax.data.image_io import DataError
+from segjax.errors import ConfigError
 
 IOU_TYPES = ("bbox", "segm")
 BACKENDS = ("pycocotools", "faster_coco_eval")  # CocoEvaluator.backend, config.eval.coco_backend
@@ -187,14 +188,14 @@ class CocoEvaluator:
         self.category_ids = tuple(int(c) for c in self.category_ids)
         self.iou_types = tuple(self.iou_types)
         if self.num_classes < 2:
-            raise ValueError(f"CocoEvaluator: num_classes={self.num_classes}; need >= 2")
+            raise ConfigError(f"CocoEvaluator: num_classes={self.num_classes}; need >= 2")
         if self.category_ids and len(self.category_ids) != self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"CocoEvaluator: {len(self.category_ids)} category_ids for "
                 f"num_classes={self.num_classes}; expected one per label (0: background)"
             )
         if bad := [t for t in self.iou_types if t not in IOU_TYPES]:
-            raise ValueError(f"CocoEvaluator: iou type {bad[0]!r}; expected one of {IOU_TYPES}")
+            raise ConfigError(f"CocoEvaluator: iou type {bad[0]!r}; expected one of {IOU_TYPES}")
         # At construction, so that a missing package fails before the evaluation pass.
         check_backend(self.backend)
 
@@ -209,7 +210,7 @@ class CocoEvaluator:
           ImportError: ``backend`` is ``"faster_coco_eval"`` and that package is missing.
         """
         if info.task != "instance":
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {info.name!r} has task {info.task!r}; COCO evaluation needs 'instance'"
             )
         return cls(info.num_classes, info.category_ids, info.class_names, tuple(iou_types), backend)
@@ -451,7 +452,7 @@ def check_backend(backend: str) -> str:
       ImportError: ``"faster_coco_eval"`` without the faster-coco-eval package.
     """
     if backend not in BACKENDS:
-        raise ValueError(
+        raise ConfigError(
             f"COCO evaluation backend (config.eval.coco_backend) {backend!r}; "
             f"expected one of {', '.join(map(repr, BACKENDS))}"
         )

@@ -63,6 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax.errors import ConfigError
+
 _FILTERS = ("grid", "exact")
 _NORMALIZATIONS = ("symmetric", "none")
 _EXACT_MAX_PIXELS = 4096
@@ -123,14 +125,14 @@ class CRFParams:
         ]
         for ok, name, expected in checks:
             if not ok:
-                raise ValueError(
+                raise ConfigError(
                     f"segjax/evaluation/crf.py CRFParams: {name}={getattr(self, name)!r}, "
                     f"expected {expected}"
                 )
         if self.compatibility is not None:
             mu = np.asarray(self.compatibility, np.float64)
             if mu.ndim != 2 or mu.shape[0] != mu.shape[1] or not np.allclose(mu, mu.T):
-                raise ValueError(
+                raise ConfigError(
                     "segjax/evaluation/crf.py CRFParams: compatibility must be a symmetric "
                     "C x C matrix, "
                     f"got {self.compatibility!r}"
@@ -160,7 +162,7 @@ def _compatibility(params: CRFParams, num_classes: int) -> np.ndarray:
         return 1.0 - np.eye(num_classes, dtype=np.float32)
     mu = np.asarray(params.compatibility, np.float32)
     if mu.shape != (num_classes, num_classes):
-        raise ValueError(
+        raise ConfigError(
             f"segjax/evaluation/crf.py: compatibility is {mu.shape[0]}x{mu.shape[1]}, expected "
             f"{num_classes}x{num_classes} for scores with {num_classes} classes"
         )
@@ -178,7 +180,7 @@ def compatibility_tangent_norm(params: CRFParams, num_classes: int) -> float:
     proj = np.eye(num_classes) - 1.0 / num_classes
     eig = np.linalg.eigvalsh(proj @ mu @ proj)
     if eig.max() > 1e-6 * max(1.0, np.abs(eig).max()):
-        raise ValueError(
+        raise ConfigError(
             "segjax/evaluation/crf.py: convergent=True needs a compatibility that is "
             "negative semi-definite "
             f"on the simplex tangent space; largest eigenvalue is {eig.max():.4g}"
@@ -431,7 +433,7 @@ def _check(scores: jax.Array, images: jax.Array, params: CRFParams) -> None:
         )
     n = scores.shape[1] * scores.shape[2]
     if params.filter == "exact" and n > _EXACT_MAX_PIXELS:
-        raise ValueError(
+        raise ConfigError(
             f"segjax/evaluation/crf.py: filter='exact' builds N x N kernels; N = {n} pixels "
             f"exceeds {_EXACT_MAX_PIXELS}. Use filter='grid'."
         )

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax.errors import ConfigError
 from segjax.evaluation import crf
 from segjax.models import unet
 
@@ -82,12 +83,12 @@ def sliding_window(
     ch, cw = min(int(crop[0]), height), min(int(crop[1]), width)
     sh, sw = int(stride[0]), int(stride[1])
     if min(ch, cw, sh, sw, tile_batch) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"sliding_window: crop {tuple(crop)}, stride {tuple(stride)} and tile_batch "
             f"{tile_batch} must be positive"
         )
     if sh > ch or sw > cw:
-        raise ValueError(
+        raise ConfigError(
             f"sliding_window: stride {(sh, sw)} larger than the crop {(ch, cw)} would leave "
             "pixels unpredicted"
         )
@@ -181,7 +182,7 @@ def multi_scale_flip(
       ``[B, H, W, C]`` float32 probabilities.
     """
     if not scales:
-        raise ValueError("multi_scale_flip: at least one scale is needed")
+        raise ConfigError("multi_scale_flip: at least one scale is needed")
     batch, height, width, _ = images.shape
     total = None
     for scale in scales:
@@ -232,7 +233,7 @@ class InferenceOptions:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"inference mode {self.mode!r} unknown; expected one of {MODES}")
+            raise ConfigError(f"inference mode {self.mode!r} unknown; expected one of {MODES}")
 
     @property
     def uses_probabilities(self) -> bool:
@@ -253,7 +254,7 @@ def make_predictor(model, options: InferenceOptions, *, mean=None, std=None):
     """
     if options.mode == "tile":
         if not isinstance(model, unet.UNetOriginal):
-            raise ValueError(
+            raise ConfigError(
                 f"inference mode 'tile' (overlap-tile) needs a valid-convolution U-Net "
                 f"(unet_original*), not {type(model).__name__}"
             )
@@ -303,9 +304,9 @@ def parse_scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ValueError(f"--scales {text!r}: expected comma-separated numbers") from None
+        raise ConfigError(f"--scales {text!r}: expected comma-separated numbers") from None
     if not scales or min(scales) <= 0:
-        raise ValueError(f"--scales {text!r}: expected positive numbers like 0.75,1.0,1.25")
+        raise ConfigError(f"--scales {text!r}: expected positive numbers like 0.75,1.0,1.25")
     return scales
 
 

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from segjax.errors import ConfigError, DataError
+
 # The ignore label of masks everywhere (padding, losses, metrics, datasets). Its one home is
 # here, the lowest module: segjax.data, augment and losses import it from metrics.
 IGNORE_INDEX = 255
@@ -207,17 +209,17 @@ def _check_object_inputs(pred, instances, instance_class, iou_threshold, connect
                 f"object_match_counts: {name} has dtype {np.asarray(a).dtype}, expected integer ids"
             )
     if np.size(instances) and np.min(instances) < 0:
-        raise ValueError(
+        raise DataError(
             f"object_match_counts: instance id {np.min(instances)} is negative, "
             "expected 0 (background) or a positive id"
         )
     if not 0.5 <= iou_threshold < 1:
-        raise ValueError(
+        raise ConfigError(
             f"object_match_counts: iou_threshold={iou_threshold}, expected 0.5 <= t < 1 "
             "(below 0.5 matches are no longer one-to-one)"
         )
     if connectivity not in (1, 2):
-        raise ValueError(
+        raise ConfigError(
             f"object_match_counts: connectivity={connectivity}, expected 1 (4-connected) or "
             "2 (8-connected)"
         )
@@ -255,7 +257,7 @@ def _compact_true_objects(
     if mixed.any():
         k = compact[mixed][0]
         found = np.unique(instance_class[inside & (compact == k)]).tolist()
-        raise ValueError(
+        raise DataError(
             f"object_match_counts: instance {present[k]} covers classes {found} in the class "
             "mask, expected one class per instance"
         )

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from segjax.errors import ConfigError
 from segjax.evaluation.metrics import IGNORE_INDEX
 from segjax.runtime.lazy_imports import tf
 
@@ -208,7 +209,7 @@ def adjust_photometric(
     hue = tf.cast(hue, tf.float32)
 
     if colour_model not in ("hsv", "yiq"):
-        raise ValueError(f"colour_model={colour_model!r}; expected 'hsv' or 'yiq'")
+        raise ConfigError(f"colour_model={colour_model!r}; expected 'hsv' or 'yiq'")
 
     def colour(image):
         if colour_model == "yiq":
@@ -447,7 +448,7 @@ class ElasticParams:
     def __post_init__(self):
         grid_ok = isinstance(self.grid, int | np.integer) and not isinstance(self.grid, bool)
         if not grid_ok or self.grid < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.elastic.grid={self.grid!r}; expected an integer >= 2 "
                 "(the coarse grid's corner nodes sit on the crop's corners)"
             )
@@ -455,7 +456,7 @@ class ElasticParams:
             self.sigma, bool
         )
         if not sigma_ok or not (np.isfinite(self.sigma) and self.sigma >= 0):
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.elastic.sigma={self.sigma!r}; expected a finite number >= 0 "
                 "(pixels of the crop)"
             )

@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from segjax.errors import ConfigError, DataError
 from segjax.input import augment
 from segjax.runtime.lazy_imports import tf
 
@@ -240,27 +241,27 @@ def pad_instances(
 
 def _check_overflow(overflow: str, max_instances: int) -> None:
     if overflow not in OVERFLOW_MODES:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.instances.overflow={overflow!r}; expected one of {OVERFLOW_MODES}"
         )
     if int(max_instances) < 1:
-        raise ValueError(f"config.data.instances.max_instances={max_instances}; expected >= 1")
+        raise ConfigError(f"config.data.instances.max_instances={max_instances}; expected >= 1")
 
 
 def _check_sizes(min_sizes, max_size, pad_size, jitter) -> None:
     """ValueError naming the config key of a bad size option."""
     if not min_sizes or any(int(s) < 1 for s in min_sizes):
-        raise ValueError(
+        raise ConfigError(
             f"config.data.instances.min_size={tuple(min_sizes)}; expected positive sizes"
         )
     if int(max_size) < 1:
-        raise ValueError(f"config.data.instances.max_size={max_size}; expected >= 1")
+        raise ConfigError(f"config.data.instances.max_size={max_size}; expected >= 1")
     if len(pad_size) != 2 or min(pad_size) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.instances.pad_size={tuple(pad_size)}; expected (height, width) or ()"
         )
     if jitter is not None and (len(jitter) != 2 or not 0 < jitter[0] <= jitter[1]):
-        raise ValueError(
+        raise ConfigError(
             f"config.data.instances.large_scale_jitter.scale_range={tuple(jitter)}; expected "
             "(low, high) with 0 < low <= high"
         )
@@ -271,7 +272,7 @@ def _instance_fields(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     False when absent)."""
     missing = [k for k in _REQUIRED if k not in example]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"instance transform: example fields {sorted(example)} lack {missing} (expected "
             "the instance contract: image, boxes, labels, masks, is_crowd)"
         )
@@ -548,5 +549,5 @@ def eval_options(data: ml_collections.ConfigDict) -> dict:
     """
     min_sizes = tuple(data.instances.min_size)
     if not min_sizes:
-        raise ValueError("config.data.instances.min_size=(); expected at least one size")
+        raise ConfigError("config.data.instances.min_size=(); expected at least one size")
     return {**_common_options(data), "min_size": int(min_sizes[-1])}

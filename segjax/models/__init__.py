@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from segjax.errors import ConfigError, UnknownNameError
 from segjax.models import deeplab, fcn, lraspp, maskrcnn, pspnet, unet
 
 _TABLE: dict[str, Callable[..., nn.Module]] = {
@@ -45,7 +46,7 @@ def create(name: str, *, num_classes: int, **kwargs) -> nn.Module:
       KeyError: unknown name (the message lists the known ones).
     """
     if name not in _TABLE:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(names())}")
+        raise UnknownNameError(f"unknown model {name!r}; known models: {', '.join(names())}")
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
     return _TABLE[name](num_classes=num_classes, **kwargs)

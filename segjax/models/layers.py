@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax.errors import ConfigError
 from segjax.ops.resample import conv_transpose_subpixel
 
 Dtype = Any
@@ -222,7 +223,7 @@ class BilinearConvTranspose(nn.Module):
         if self.impl == "subpixel":
             return conv_transpose_subpixel(x, kernel, self.factor)
         if self.impl != "conv_transpose":
-            raise ValueError(
+            raise ConfigError(
                 f"BilinearConvTranspose: impl must be 'conv_transpose' or 'subpixel', "
                 f"got {self.impl!r}"
             )

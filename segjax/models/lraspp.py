@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
 from segjax.models import backbones
 from segjax.models.layers import ConvBN, resize_bilinear
 
@@ -75,7 +76,7 @@ class LRASPP(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         if not self.backbone.startswith("mobilenet_v3"):
-            raise ValueError(f"LRASPP: backbone must be a MobileNetV3 kind, got {self.backbone!r}")
+            raise ConfigError(f"LRASPP: backbone must be a MobileNetV3 kind, got {self.backbone!r}")
         feats = backbones.extract_features(
             self.backbone, images, train=train, output_stride=self.output_stride, dtype=self.dtype
         )

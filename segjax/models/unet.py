@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
 from segjax.models.layers import ConvBN
 from segjax.ops.resample import max_pool2x2, upconv2x2
 
@@ -110,7 +111,7 @@ def unet_original_output_size(input_size: int, depth: int = 4) -> int:
     for level in range(depth):
         size -= 4
         if size < 2 or size % 2:
-            raise ValueError(
+            raise ConfigError(
                 f"unet_original: input size {input_size} gives an odd or empty map ({size}) "
                 f"before pool {level + 1}; valid sizes are {unet_original_input_size(4, depth)} "
                 f"+ {2**depth}·k"
@@ -118,11 +119,11 @@ def unet_original_output_size(input_size: int, depth: int = 4) -> int:
         size //= 2
     size -= 4
     if size < 1:
-        raise ValueError(f"unet_original: input size {input_size} is too small at depth {depth}")
+        raise ConfigError(f"unet_original: input size {input_size} is too small at depth {depth}")
     for _ in range(depth):
         size = 2 * size - 4
     if size < 1:
-        raise ValueError(f"unet_original: input size {input_size} is too small at depth {depth}")
+        raise ConfigError(f"unet_original: input size {input_size} is too small at depth {depth}")
     return size
 
 
@@ -289,7 +290,7 @@ def overlap_tile_predict(
       ValueError: ``predict_fn`` returned a wrong shape, or bad sizes.
     """
     if tile_size < 1 or margin < 0:
-        raise ValueError(f"overlap_tile_predict: tile_size {tile_size}, margin {margin} invalid")
+        raise ConfigError(f"overlap_tile_predict: tile_size {tile_size}, margin {margin} invalid")
     batch, height, width, _ = images.shape
     rows, cols = -(-height // tile_size), -(-width // tile_size)
     padded = mirror_pad(

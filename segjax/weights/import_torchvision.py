@@ -23,6 +23,7 @@ import json
 import os
 import sys
 
+from segjax.errors import ConfigError, ConversionError, MissingFileError, SegjaxError
 from segjax.weights import torchvision as tv
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -32,26 +33,26 @@ def read_state_dict(path: str) -> dict:
     """Reads a state dict from ``.pth``/``.pt`` (torch), ``.safetensors`` or ``.npz``.
 
     Raises:
-      FileNotFoundError: no such file.
-      ValueError: unknown suffix, or a ``.pth`` file without torch installed.
+      MissingFileError: no such file (a ``FileNotFoundError``).
+      ConversionError: unknown suffix, an unreadable file, or a ``.pth`` file without torch
+        installed (a ``ValueError``).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingFileError(f"checkpoint file not found: {path}")
     lower = path.lower()
-    if lower.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        return load_file(path)
-    if lower.endswith(".npz"):
-        import numpy as np
-
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+    if lower.endswith((".safetensors", ".npz")):
+        try:
+            return _read_arrays(path, lower)
+        except Exception as e:  # safetensors and NumPy raise several types for a damaged file
+            raise ConversionError(
+                f"{path}: cannot read the checkpoint ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"
+            ) from e
     if lower.endswith(PTH_SUFFIXES):
         try:
             import torch
         except ImportError:
-            raise ValueError(
+            raise ConversionError(
                 f"{path}: reading a PyTorch file needs torch (pip install 'segjax[torch]'). "
                 'Without torch, convert it once where torch is available: python -c "import '
                 "torch; from safetensors.torch import save_file; "
@@ -61,21 +62,44 @@ def read_state_dict(path: str) -> dict:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises UnpicklingError and others for non-tensor pickles
-            raise ValueError(
+            raise ConversionError(
                 f"{path}: torch.load(weights_only=True) failed ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}). A training checkpoint with "
                 "non-tensor objects? If you trust the file, re-save its state dict: "
                 "torch.save(torch.load(path, weights_only=False)['model'], 'model.pth')"
             ) from None
         if not isinstance(state, dict):
-            raise ValueError(
+            raise ConversionError(
                 f"{path}: expected a state dict (a mapping of names to tensors), got "
                 f"{type(state).__name__}; save model.state_dict() rather than the model"
             )
         return state
-    raise ValueError(
+    raise ConversionError(
         f"{path}: unknown checkpoint format; expected .pth/.pt (torch), .safetensors or .npz"
     )
+
+
+def _read_arrays(path: str, lower: str) -> dict:
+    """The arrays of a ``.safetensors`` or ``.npz`` file (``lower``: its lower-cased path)."""
+    if lower.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return load_file(path)
+    import numpy as np
+
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _model_kwargs(text: str) -> dict:
+    """``--model_kwargs``: a JSON object of constructor options (ConfigError if not)."""
+    try:
+        kwargs = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--model_kwargs {text!r}: not JSON ({e})") from None
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"--model_kwargs {text!r}: expected a JSON object of options")
+    return kwargs
 
 
 def build_target(arch: str, num_classes: int | None, aux: bool, model_kwargs: dict):
@@ -158,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = _parse(sys.argv[1:] if argv is None else argv)
     try:
-        model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+        model_kwargs = _model_kwargs(args.model_kwargs)
         spec = tv.arch_spec(args.arch)
         keys_spec = tv.conversion_spec(args.arch, args.backbone_only)
         state = tv.strip_wrappers(read_state_dict(args.checkpoint))
@@ -166,9 +190,12 @@ def main(argv: list[str] | None = None) -> dict:
         if spec.segmentation and num_classes is None and not args.backbone_only:
             num_classes = tv.head_classes(state, args.arch)
         aux = tv.has_aux(state, args.arch)
-        module = build_target(
-            args.arch, 91 if args.backbone_only else num_classes, aux, model_kwargs
-        )
+        try:
+            module = build_target(
+                args.arch, 91 if args.backbone_only else num_classes, aux, model_kwargs
+            )
+        except TypeError as e:  # a constructor option the module does not take
+            raise ConfigError(f"--model_kwargs {args.model_kwargs!r}: {e}") from None
         variables = tv.convert(
             state,
             args.arch,
@@ -177,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
             module=module,
             backbone_only=args.backbone_only,
         )
-    except (tv.ConversionError, ValueError, FileNotFoundError, TypeError) as e:
+    except SegjaxError as e:  # bad flags or files; anything else is a bug: its traceback
         fail(str(e))
     ignored = sorted(
         k for k in state if tv.is_ignored(keys_spec, k) and "num_batches_tracked" not in k
@@ -239,7 +266,7 @@ def _print_target_report(args, variables: dict) -> None:
 
     try:
         report = target_report(variables, args.target, args.target_num_classes, {})
-    except (KeyError, ValueError) as e:
+    except SegjaxError as e:  # an unknown --target, or weights that do not fit it
         fail(str(e))
     print(
         f"  into {args.target}: loaded {len(report['loaded'])}, kept initial "

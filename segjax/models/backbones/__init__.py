@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError, UnknownNameError
 from segjax.models.backbones import mobilenet, resnet, vgg, xception
 
 Dtype = Any
@@ -86,7 +87,7 @@ def _mobilenet_v3_large(width_mult: float) -> Backbone:
     def build(output_stride, multi_grid, dtype, name):
         del multi_grid
         if output_stride not in (16, 32):
-            raise ValueError(
+            raise ConfigError(
                 f"mobilenet_v3_large: output_stride must be 16 (dilated) or 32 as in "
                 f"torchvision, got {output_stride}"
             )
@@ -140,7 +141,7 @@ def create(
         backbone does not support.
     """
     if kind not in BACKBONES:
-        raise ValueError(f"unknown backbone {kind!r}; known backbones: {', '.join(names())}")
+        raise UnknownNameError(f"unknown backbone {kind!r}; known backbones: {', '.join(names())}")
     spec = BACKBONES[kind]
     return spec.build(output_stride, tuple(multi_grid), dtype, name), spec.features
 

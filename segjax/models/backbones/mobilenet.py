@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
 from segjax.models.layers import ConvBN, batch_norm, conv_init
 
 Dtype = Any
@@ -144,7 +145,7 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         if self.output_stride not in (8, 16, 32):
-            raise ValueError(
+            raise ConfigError(
                 f"MobileNetV2: output_stride must be 8, 16 or 32, got {self.output_stride}"
             )
         channels = make_divisible(32 * self.width_mult)

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
 from segjax.models.layers import conv_init
 
 Dtype = Any
@@ -78,7 +79,7 @@ class VGG16(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         if sum(1 for c in self.cfg if c == "M") != 5:
-            raise ValueError(f"vgg: cfg needs exactly five max pools, got {self.cfg!r}")
+            raise ConfigError(f"vgg: cfg needs exactly five max pools, got {self.cfg!r}")
         x = x.astype(self.dtype)
         features = {}
         num_pools = 0

@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
 from segjax.models.layers import ConvBN, SeparableConvBN
 
 Dtype = Any
@@ -130,11 +131,11 @@ class Xception65(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         if self.output_stride not in (8, 16, 32):
-            raise ValueError(
+            raise ConfigError(
                 f"Xception65: output_stride must be 8, 16 or 32, got {self.output_stride}"
             )
         if len(self.multi_grid) != 3:
-            raise ValueError(f"Xception65: multi_grid needs 3 entries, got {self.multi_grid!r}")
+            raise ConfigError(f"Xception65: multi_grid needs 3 entries, got {self.multi_grid!r}")
         ch = lambda c: max(8, int(c * self.width_mult))
         x = x.astype(self.dtype)
         x = ConvBN(ch(32), 3, 2, dtype=self.dtype, name="entry_flow_conv1_1")(x, train=train)

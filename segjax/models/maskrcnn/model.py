@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
 from segjax.models.maskrcnn import heads, postprocess, rpn
 from segjax.models.maskrcnn.backbone import ResNetFPN
 from segjax.models.maskrcnn.transform import ImageTransform
@@ -210,7 +211,7 @@ class MaskRCNN(nn.Module):
 
     def setup(self):
         if not 0 <= self.trainable_layers <= 5:
-            raise ValueError(
+            raise ConfigError(
                 f"maskrcnn: trainable_layers must be in 0..5, got {self.trainable_layers!r}"
             )
         self.backbone = ResNetFPN(

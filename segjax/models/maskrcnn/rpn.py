@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax.errors import ConfigError
 from segjax.models.maskrcnn import anchors as anchor_lib
 from segjax.ops import boxes as box_ops
 from segjax.ops import nms as nms_ops
@@ -104,7 +105,7 @@ class ProposalConfig:
         """Anchors per position, which must be the same on every level (one shared head)."""
         counts = {len(s) * len(self.aspect_ratios) for s in self.anchor_sizes}
         if len(counts) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"rpn: anchor_sizes {self.anchor_sizes!r} give different anchor counts per level; "
                 "the shared RPN head needs the same number on every level"
             )
@@ -160,7 +161,7 @@ def select_proposals(
     """
     cells = config.cells()
     if len(cells) != len(objectness):
-        raise ValueError(
+        raise ConfigError(
             f"rpn: {len(objectness)} feature levels but {len(cells)} anchor_sizes entries"
         )
     logits, boxes, levels = _top_candidates(

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from segjax.data.image_io import DataError
+from segjax.errors import ConfigError
 from segjax.ops import roi_align
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -129,13 +130,13 @@ class ImageTransform:
 
     def __post_init__(self):
         if not 0 < self.min_size <= self.max_size:
-            raise ValueError(
+            raise ConfigError(
                 f"maskrcnn transform: need 0 < min_size <= max_size, got min_size="
                 f"{self.min_size!r}, max_size={self.max_size!r}"
             )
         for bucket in self.buckets or ():
             if len(bucket) != 2 or any(s <= 0 or s % self.size_divisible for s in bucket):
-                raise ValueError(
+                raise ConfigError(
                     f"maskrcnn transform: bucket {bucket!r} must be (height, width), positive "
                     f"multiples of size_divisible={self.size_divisible}"
                 )
