@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from segjax import models
+from segjax.errors import ConfigError
 from segjax.models import deeplab, fcn
 from segjax.models.layers import ConvBN, SeparableConvBN
 from tests.helpers import (
@@ -193,7 +194,7 @@ def test_mobilenet_v3_head_rejects_output_stride_8():
 def test_default_rates():
     assert deeplab.default_rates(16) == (6, 12, 18)
     assert deeplab.default_rates(8) == (12, 24, 36)
-    with pytest.raises(ValueError, match="output_stride"):
+    with pytest.raises(ConfigError, match="output_stride"):
         deeplab.default_rates(4)
 
 

@@ -9,6 +9,7 @@ import pytest
 from absl.testing import parameterized
 
 from segjax import models
+from segjax.errors import ConfigError
 from segjax.models import fcn
 from segjax.models.backbones import vgg
 from segjax.models.layers import BilinearConvTranspose
@@ -232,7 +233,7 @@ def test_fcn_resnet_names_map_to_torchvision():
 
 def test_unknown_variant_is_an_error():
     model = fcn.FCN(num_classes=2, variant="4s", width=8, fc_features=8)
-    with pytest.raises(ValueError, match="variant"):
+    with pytest.raises(ConfigError, match="variant"):
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
 
 

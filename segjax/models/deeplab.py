@@ -2,7 +2,9 @@
 
 Atrous convolution is ``nn.Conv(kernel_dilation=r)`` (``rhs_dilation`` of
 ``lax.conv_general_dilated``); depthwise-separable convolution is ``feature_group_count=C``
-followed by a 1×1 conv (``layers.SeparableConvBN``).
+followed by a 1×1 conv (``layers.SeparableConvBN``). DeepLab v2, v3 and v3+ are the shared
+:class:`~segjax.models.segmenter.Segmenter` skeleton (backbone → head → upsampling → auxiliary
+``FCNHead``) with their own heads; v1 keeps its VGG trunk, which returns one feature map.
 
 Models (parameter counts for 21 classes, from ``jax.eval_shape``; "+ aux" includes the FCNHead
 on the stride-8/16 feature):
@@ -39,7 +41,7 @@ HWIO ↔ OIHW; BN ``scale``/``bias``/``mean``/``var`` ↔ ``weight``/``bias``/``
     classifier/aspp/project/{conv,bn}      classifier.0.project.{0,1}
     classifier/conv/{conv,bn}              classifier.{1,2}
     classifier/out/{kernel,bias}           classifier.4.{weight,bias}
-    aux_classifier/{conv,bn}               aux_classifier.{0,1}    (fcn.FCNHead)
+    aux_classifier/{conv,bn}               aux_classifier.{0,1}    (segmenter.FCNHead)
     aux_classifier/cls/{kernel,bias}       aux_classifier.4.{weight,bias}
 
 For MobileNetV3 ``backbone/features_{i}/…`` ↔ ``backbone.{i}.…``.
@@ -53,10 +55,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
 from segjax.models import backbones
 from segjax.models.backbones import vgg
-from segjax.models.fcn import aux_logits
 from segjax.models.layers import ConvBN, SeparableConvBN, resize_bilinear
+from segjax.models.segmenter import FCNHead, Segmenter, upsample_logits
 
 Dtype = Any
 
@@ -70,7 +73,7 @@ def default_rates(output_stride: int, base: Sequence[int] = (6, 12, 18)) -> tupl
     Gives the papers' (6, 12, 18) at OS 16 and (12, 24, 36) at OS 8.
     """
     if output_stride not in (8, 16, 32):
-        raise ValueError(f"deeplab: output_stride must be 8, 16 or 32, got {output_stride}")
+        raise ConfigError(f"deeplab: output_stride must be 8, 16 or 32, got {output_stride}")
     return tuple(max(1, r * 16 // output_stride) for r in base)
 
 
@@ -147,8 +150,9 @@ class DeepLabHead(nn.Module):
         return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="out")(x)
 
 
-def _upsample_logits(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    return resize_bilinear(x.astype(jnp.float32), size)
+def _aux_head(aux: bool, num_classes: int, dtype: Dtype) -> FCNHead | None:
+    """The ``aux_classifier`` FCNHead when ``aux``; call it in the model's compact scope."""
+    return FCNHead(num_classes, dtype=dtype, name="aux_classifier") if aux else None
 
 
 # ----------------------------------------------------------------------------- models
@@ -184,30 +188,29 @@ class DeepLabV3(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        size = images.shape[1:3]
-        feats = backbones.extract_features(
+        """Runs the model on NHWC ``images``; returns ``{"out": logits[, "aux": logits]}``."""
+        backbone, roles = backbones.create(
             self.backbone,
-            images,
-            train=train,
             output_stride=self.output_stride,
             multi_grid=self.multi_grid,
             dtype=self.dtype,
         )
         rates = self.rates if self.rates is not None else default_rates(self.output_stride)
-        out = DeepLabHead(
+        head = DeepLabHead(
             self.num_classes,
             tuple(rates),
             self.aspp_features,
             self.head_conv,
             dtype=self.dtype,
             name="classifier",
-        )(feats["out"], train=train)
-        result = {"out": _upsample_logits(out, size)}
-        if self.aux:
-            result["aux"] = aux_logits(
-                feats["aux"], self.num_classes, size, train=train, dtype=self.dtype
-            )
-        return result
+        )
+        return Segmenter(
+            backbone,
+            head,
+            head_features=roles["out"],
+            aux_head=_aux_head(self.aux, self.num_classes, self.dtype),
+            aux_feature=roles["aux"],
+        )(images, train=train)
 
 
 class DeepLabV3Plus(nn.Module):
@@ -242,36 +245,42 @@ class DeepLabV3Plus(nn.Module):
     aux: bool = False
     dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        size = images.shape[1:3]
-        feats = backbones.extract_features(
-            self.backbone,
-            images,
-            train=train,
-            output_stride=self.output_stride,
-            multi_grid=self.multi_grid,
-            dtype=self.dtype,
-        )
+    def _head(self, x: jax.Array, low: jax.Array, *, train: bool) -> jax.Array:
+        """ASPP on ``x``, the decoder with the ``low`` skip, the classifier: logits at stride 4.
+
+        A method rather than a module so that ``aspp``, ``low_level_project``, ``decoder_{i}``
+        and ``classifier`` stay top-level parameter paths.
+        """
         rates = self.rates if self.rates is not None else default_rates(self.output_stride)
         x = ASPP(tuple(rates), self.aspp_features, self.separable, 0.1, self.dtype, name="aspp")(
-            feats["out"], train=train
+            x, train=train
         )
         low = ConvBN(self.low_level_features, 1, dtype=self.dtype, name="low_level_project")(
-            feats["low"], train=train
+            low, train=train
         )
         x = resize_bilinear(x, low.shape[1:3])
         x = jnp.concatenate([x, low], axis=-1)
         block = SeparableConvBN if self.separable else ConvBN
         for i in range(2):
             x = block(self.aspp_features, 3, dtype=self.dtype, name=f"decoder_{i}")(x, train=train)
-        out = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(x)
-        result = {"out": _upsample_logits(out, size)}
-        if self.aux:
-            result["aux"] = aux_logits(
-                feats["aux"], self.num_classes, size, train=train, dtype=self.dtype
-            )
-        return result
+        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(x)
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        """Runs the model on NHWC ``images``; returns ``{"out": logits[, "aux": logits]}``."""
+        backbone, roles = backbones.create(
+            self.backbone,
+            output_stride=self.output_stride,
+            multi_grid=self.multi_grid,
+            dtype=self.dtype,
+        )
+        return Segmenter(
+            backbone,
+            self._head,
+            head_features=(roles["out"], roles["low"]),
+            aux_head=_aux_head(self.aux, self.num_classes, self.dtype),
+            aux_feature=roles["aux"],
+        )(images, train=train)
 
 
 class DeepLabV2(nn.Module):
@@ -294,18 +303,13 @@ class DeepLabV2(nn.Module):
     rates: Sequence[int] | None = None
     dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        if self.output_stride not in (8, 16):
-            raise ValueError(f"DeepLabV2: output_stride must be 8 or 16, got {self.output_stride}")
-        size = images.shape[1:3]
-        x = backbones.extract_features(
-            self.backbone, images, train=train, output_stride=self.output_stride, dtype=self.dtype
-        )["out"]
+    def _head(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """ASPP-v2 on ``x``: the sum of the atrous class-score convs ``aspp_{i}`` (top level)."""
+        del train  # no BN or dropout in ASPP-v2
         rates = self.rates
         if rates is None:
             rates = tuple(r * 8 // self.output_stride for r in (6, 12, 18, 24))
-        out = sum(
+        return sum(
             nn.Conv(
                 self.num_classes,
                 (3, 3),
@@ -317,7 +321,16 @@ class DeepLabV2(nn.Module):
             )(x)
             for i, r in enumerate(rates)
         )
-        return {"out": _upsample_logits(out, size)}
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        """Runs the model on NHWC ``images``; returns ``{"out": logits}``."""
+        if self.output_stride not in (8, 16):
+            raise ConfigError(f"DeepLabV2: output_stride must be 8 or 16, got {self.output_stride}")
+        backbone, roles = backbones.create(
+            self.backbone, output_stride=self.output_stride, dtype=self.dtype
+        )
+        return Segmenter(backbone, self._head, head_features=roles["out"])(images, train=train)
 
 
 def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
@@ -402,7 +415,7 @@ class DeepLabV1(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         if self.output_stride not in (8, 16):
-            raise ValueError(f"DeepLabV1: output_stride must be 8 or 16, got {self.output_stride}")
+            raise ConfigError(f"DeepLabV1: output_stride must be 8 or 16, got {self.output_stride}")
         size = images.shape[1:3]
         x = LargeFOVTrunk(self.output_stride, self.width, self.dtype, name="backbone")(images)
         rate = 12 * 8 // self.output_stride
@@ -421,7 +434,7 @@ class DeepLabV1(nn.Module):
         out = conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01), name="fc8")(
             x
         )
-        return {"out": _upsample_logits(out, size)}
+        return {"out": upsample_logits(out, size)}
 
 
 # ----------------------------------------------------------------------------- registry

@@ -24,7 +24,8 @@ ordinary conv + depth-to-space (identical numbers; 3–9× faster forward+backwa
 **FCN-ResNet-50/101** (:class:`FCNResNet`), as ``torchvision.models.segmentation.fcn_resnet*``:
 a dilated ResNet at output stride 8, ``FCNHead`` (3×3 conv without bias → BN → ReLU →
 dropout 0.1 → 1×1 conv) on layer4, an auxiliary ``FCNHead`` on layer3 (``aux=True``), bilinear
-upsampling of both to the input size. Names map to torchvision's state dict:
+upsampling of both to the input size: the shared :class:`~segjax.models.segmenter.Segmenter`
+skeleton (where ``FCNHead`` lives) with these parts. Names map to torchvision's state dict:
 ``backbone/…`` ↔ ``backbone.…`` (see :mod:`segjax.models.backbones.resnet`),
 ``classifier/conv`` ↔ ``classifier.0``, ``classifier/bn`` ↔ ``classifier.1``,
 ``classifier/cls`` ↔ ``classifier.4``, likewise ``aux_classifier``.
@@ -38,14 +39,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
 from segjax.models.backbones import resnet, vgg
-from segjax.models.layers import (
-    BilinearConvTranspose,
-    batch_norm,
-    conv_init,
-    resize_bilinear,
-    same_padding,
-)
+from segjax.models.layers import BilinearConvTranspose
+from segjax.models.segmenter import FCNHead, Segmenter
 
 Dtype = Any
 
@@ -137,7 +134,7 @@ class FCN(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         if self.variant not in PAPER_OFFSETS:
-            raise ValueError(f"fcn: variant must be '32s', '16s' or '8s', got {self.variant!r}")
+            raise ConfigError(f"fcn: variant must be '32s', '16s' or '8s', got {self.variant!r}")
         height, width = images.shape[1:3]
         offsets = PAPER_OFFSETS[self.variant]
         feats = vgg.VGG16(
@@ -168,55 +165,6 @@ class FCN(nn.Module):
         return {"out": out.astype(jnp.float32)}
 
 
-class FCNHead(nn.Module):
-    """torchvision's ``FCNHead``: 3×3 conv (no bias) to C/4 → BN → ReLU → dropout → 1×1 conv.
-
-    The classifier of FCN-ResNet and the auxiliary head of FCN-ResNet, DeepLab v3 / v3+ and
-    PSPNet. Its flat names are the indices of torchvision's ``Sequential``: ``conv`` ↔ ``.0``,
-    ``bn`` ↔ ``.1``, ``cls`` ↔ ``.4``.
-
-    Attributes:
-      num_classes: output channels.
-      dropout_rate: dropout before the classifier (0.1 as torchvision).
-      dtype: compute dtype.
-    """
-
-    num_classes: int
-    dropout_rate: float = 0.1
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = nn.Conv(
-            x.shape[-1] // 4,
-            (3, 3),
-            padding=same_padding(3),
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=conv_init,
-            name="conv",
-        )(x)
-        x = nn.relu(batch_norm(train, self.dtype, name="bn")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Conv(
-            self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="cls"
-        )(x)
-
-
-def aux_logits(
-    feature: jax.Array, num_classes: int, size: Sequence[int], *, train: bool, dtype: Dtype
-) -> jax.Array:
-    """The auxiliary :class:`FCNHead` (``aux_classifier``) on ``feature``, as float32 logits
-    bilinearly upsampled to ``size``.
-
-    Call it inside the parent model's ``@nn.compact`` ``__call__``: the head becomes that
-    model's ``aux_classifier`` submodule.
-    """
-    logits = FCNHead(num_classes, dtype=dtype, name="aux_classifier")(feature, train=train)
-    return resize_bilinear(logits.astype(jnp.float32), size)
-
-
 class FCNResNet(nn.Module):
     """torchvision's ``fcn_resnet50`` / ``fcn_resnet101``.
 
@@ -243,7 +191,7 @@ class FCNResNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        size = images.shape[1:3]
+        """Runs the model on NHWC ``images``; returns ``{"out": logits[, "aux": logits]}``."""
         backbone = resnet.resnet(
             self.depth,
             output_stride=self.output_stride,
@@ -253,16 +201,13 @@ class FCNResNet(nn.Module):
             dtype=self.dtype,
             name="backbone",
         )
-        feats = backbone(images, train=train)
-        out = FCNHead(self.num_classes, dtype=self.dtype, name="classifier")(
-            feats["layer4"], train=train
-        )
-        result = {"out": resize_bilinear(out.astype(jnp.float32), size)}
+        head = FCNHead(self.num_classes, dtype=self.dtype, name="classifier")
+        aux_head = None
         if self.aux:
-            result["aux"] = aux_logits(
-                feats["layer3"], self.num_classes, size, train=train, dtype=self.dtype
-            )
-        return result
+            aux_head = FCNHead(self.num_classes, dtype=self.dtype, name="aux_classifier")
+        return Segmenter(
+            backbone, head, head_features="layer4", aux_head=aux_head, aux_feature="layer3"
+        )(images, train=train)
 
 
 _VGG_TINY = {"width": 8, "fc_features": 32}

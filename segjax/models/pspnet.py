@@ -6,7 +6,9 @@ Pyramid pooling module (``ppm``): adaptive average pooling to 1×1, 2×2, 3×3 a
 (PyTorch's ``AdaptiveAvgPool2d`` bin edges, exact for any size), each followed by a 1×1 conv to
 ``C/4`` channels + BN + ReLU and bilinear upsampling; concatenated with the feature, then a
 3×3 conv to 512 + BN + ReLU (``bottleneck``), dropout 0.1 and the 1×1 classifier. The
-auxiliary ``fcn.FCNHead`` sits on layer3 (1024 → 256 → classes); logits are upsampled to the input.
+auxiliary ``FCNHead`` sits on layer3 (1024 → 256 → classes); logits are upsampled to the input.
+The forward pass is the shared :class:`~segjax.models.segmenter.Segmenter` skeleton; the
+pyramid head's layers stay top-level parameter paths (``ppm``, ``bottleneck``, ``classifier``).
 
 Parameters for 21 classes (``jax.eval_shape``): ``pspnet_resnet50`` 48,957,802 with aux
 (46,592,597 without); ``pspnet_resnet101`` 67,949,930 (65,584,725).
@@ -22,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from segjax.models import backbones
-from segjax.models.fcn import aux_logits
 from segjax.models.layers import ConvBN, resize_bilinear
+from segjax.models.segmenter import FCNHead, Segmenter
 
 Dtype = Any
 
@@ -95,24 +97,29 @@ class PSPNet(nn.Module):
     aux: bool = True
     dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        size = images.shape[1:3]
-        feats = backbones.extract_features(
-            self.backbone, images, train=train, output_stride=self.output_stride, dtype=self.dtype
-        )
-        x = PyramidPooling(tuple(self.bins), dtype=self.dtype, name="ppm")(
-            feats["out"], train=train
-        )
+    def _head(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Pyramid pooling → 3×3 bottleneck → dropout → 1×1 classifier, in the model's scope."""
+        x = PyramidPooling(tuple(self.bins), dtype=self.dtype, name="ppm")(x, train=train)
         x = ConvBN(self.features, 3, dtype=self.dtype, name="bottleneck")(x, train=train)
         x = nn.Dropout(0.1, deterministic=not train)(x)
-        out = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(x)
-        result = {"out": resize_bilinear(out.astype(jnp.float32), size)}
+        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(x)
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        """Runs the model on NHWC ``images``; returns ``{"out": logits[, "aux": logits]}``."""
+        backbone, roles = backbones.create(
+            self.backbone, output_stride=self.output_stride, dtype=self.dtype
+        )
+        aux_head = None
         if self.aux:
-            result["aux"] = aux_logits(
-                feats["aux"], self.num_classes, size, train=train, dtype=self.dtype
-            )
-        return result
+            aux_head = FCNHead(self.num_classes, dtype=self.dtype, name="aux_classifier")
+        return Segmenter(
+            backbone,
+            self._head,
+            head_features=roles["out"],
+            aux_head=aux_head,
+            aux_feature=roles["aux"],
+        )(images, train=train)
 
 
 MODELS = {
