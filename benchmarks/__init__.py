@@ -9,7 +9,7 @@
     python -m benchmarks.profile_step --model fcn_resnet50
                                   # where that train step spends its time, HLO op by op
     python -m benchmarks.conv_impl [--torch-python PY] [--cases d12,dw]
-                                  # one conv forward+backward: XLA vs segjax.ops' GEMMs vs torch
+                                  # one conv forward+backward: XLA vs segjax's GEMMs vs torch
     python -m benchmarks.maskrcnn_inference [--torch-python PY] [--height 480 --width 640]
                                   # Mask R-CNN R50-FPN inference of one image: segjax's jitted
                                   # forward + pasting vs torchvision eval(); latency, memory

@@ -1,5 +1,5 @@
-"""Convolution forward+backward on XLA:CPU, per ``config.conv_impl``: XLA's own vs segjax.ops'
-GEMM formulation vs PyTorch, for the convolutions segmentation models run.
+"""Convolution forward+backward on XLA:CPU, per ``config.runtime.conv_impl``: XLA's own vs
+segjax.xla_cpu's GEMM formulation vs PyTorch, for the convolutions segmentation models run.
 
     python -m benchmarks.conv_impl                          # default cases, JAX only
     python -m benchmarks.conv_impl --torch-python /work/venv-torch/bin/python
@@ -9,7 +9,7 @@ Methods, timed in one command (torch in a child interpreter, same thread count):
 
 * ``xla``: ``jax.grad`` of ``lax.conv_general_dilated`` (XLA's input- and weight-gradient
   convolutions);
-* ``gemm``: ``segjax.ops.conv_general_dilated_gemm`` — dense stride-1 3×3 convs with ≥ 64
+* ``gemm``: ``segjax.xla_cpu.conv_general_dilated_gemm`` — dense stride-1 3×3 convs with ≥ 64
   channels as Winograd F(2×2, 3×3) GEMMs (forward and both gradients); other convs keep XLA's
   forward and input gradient with the weight gradient as one matmul per kernel tap (XLA's path
   is kept where it was faster: 2–64-channel dense kernels larger than 1×1); transposed convs
@@ -102,7 +102,7 @@ def run_jax(specs: dict[str, dict], repeats: int) -> dict[str, dict[str, tuple[f
     import jax
     import jax.numpy as jnp
 
-    from segjax.ops import conv_general_dilated_gemm
+    from segjax.xla_cpu import conv_general_dilated_gemm
 
     methods = {"xla": jax.lax.conv_general_dilated, "gemm": conv_general_dilated_gemm}
     results = {}

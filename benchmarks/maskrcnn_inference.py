@@ -44,6 +44,7 @@ import json
 import os
 import statistics
 import time
+import types
 
 import numpy as np
 
@@ -199,7 +200,8 @@ def _xla_flops(model, variables, args) -> float:
     """XLA's FLOP count of the forward pass with plain convolutions (lowered, not compiled)."""
     from segjax.models import maskrcnn
 
-    cost = maskrcnn.inference_fn(model, conv_impl="xla").lower(variables, *args).cost_analysis()
+    plain = types.SimpleNamespace(conv_impl="xla", cpu_scheduler="memory")  # config.runtime
+    cost = maskrcnn.inference_fn(model, plain).lower(variables, *args).cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float((cost or {}).get("flops", float("nan")))
 
@@ -217,7 +219,7 @@ def run_segjax(
     import jax
 
     from benchmarks import train_step
-    from segjax import ops
+    from segjax import xla_cpu
     from segjax.models import maskrcnn
 
     rss_imports = common.current_rss_bytes()
@@ -227,7 +229,8 @@ def run_segjax(
     image = random_image(height, width)
     batch = model.transform([image])
     args = (batch["images"], batch["image_sizes"], batch["original_sizes"])
-    fn = maskrcnn.inference_fn(model, conv_impl=conv_impl, cpu_scheduler=cpu_scheduler)
+    settings = types.SimpleNamespace(conv_impl=conv_impl, cpu_scheduler=cpu_scheduler)
+    fn = maskrcnn.inference_fn(model, settings)  # settings: a config.runtime block
     start = time.perf_counter()
     compiled = fn.lower(variables, *args).compile()
     compile_s = time.perf_counter() - start
@@ -246,7 +249,7 @@ def run_segjax(
         "backend": jax.default_backend(),
         "device_kind": getattr(jax.devices()[0], "device_kind", ""),
         "threads": common.cpu_cores(),
-        "conv_impl": ops.resolve_conv_impl(conv_impl),
+        "conv_impl": xla_cpu.resolve_conv_impl(conv_impl),
         "cpu_scheduler": cpu_scheduler,
         "padded_size": list(batch["images"].shape[1:3]),
         "resized_size": [int(s) for s in batch["image_sizes"][0]],

@@ -6,7 +6,7 @@
         python -m benchmarks.memory_step --model deeplabv3_resnet50 --buffers /tmp/dump --top 25
 
 Builds the train step of :mod:`benchmarks.train_step` (``train_step.train_setup``: same model,
-loss, SGD, He-initialised state, random data; jitted with ``segjax.ops.jit`` and the state
+loss, SGD, He-initialised state, random data; jitted with ``segjax.runtime.jit`` and the state
 donated) and reports, without running torch:
 
 * the process's resident set (``VmRSS``) and its peak (``VmHWM``) after the imports (and whether
@@ -20,15 +20,10 @@ donated) and reports, without running torch:
   allocations from its ``*buffer-assignment.txt`` and what they hold.
 
 ``--winograd-tile 2|4`` picks Winograd F(2×2, 3×3) or F(4×4, 3×3)
-(:func:`segjax.ops.winograd.output_tile_scope`); ``--remat-blocks POLICY`` wraps every ResNet
+(:func:`segjax.xla_cpu.winograd.output_tile_scope`); ``--remat-blocks POLICY`` wraps every ResNet
 block in ``nn.remat`` with a ``jax.checkpoint_policies`` policy (``nothing_saveable``,
 ``dots_saveable`` …): a measurement of what rematerialisation would buy, not a model option.
 """
-
-if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax.runtime import host_heap
-
-    host_heap.restart_with_huge_pages()
 
 import argparse
 import glob
@@ -139,9 +134,9 @@ def run(args) -> dict:
     import jax
 
     from benchmarks import train_step
-    from segjax import ops, trainer
-    from segjax.ops import winograd
+    from segjax import runtime, trainer
     from segjax.runtime import host_heap
+    from segjax.xla_cpu import winograd
 
     if args.remat_blocks:
         remat_blocks(args.remat_blocks)
@@ -168,7 +163,7 @@ def run(args) -> dict:
     step_fn = trainer.make_train_step(net, tx, schedule, cfg)
     start = time.perf_counter()
     with winograd.output_tile_scope(args.winograd_tile):
-        lowered = ops.jit(step_fn, cfg, donate_argnums=0).lower(state, data)
+        lowered = runtime.jit(step_fn, cfg, donate_argnums=0).lower(state, data)
     compiled = lowered.compile()
     out["compile_s"] = time.perf_counter() - start
     out["memory_analysis"] = _memory_analysis(compiled)

@@ -4,7 +4,7 @@
     python -m benchmarks.profile_step --model deeplabv3_resnet50 --conv-impl xla --top 40
 
 Builds the same train step as :mod:`benchmarks.train_step` (``train_step.train_setup``: SGD, aux
-loss, He-initialised parameters, random data), jits it with ``segjax.ops.jit`` under the chosen
+loss, He-initialised parameters, random data), jits it with ``segjax.runtime.jit`` under the chosen
 ``--conv-impl`` / ``--cpu-scheduler``, runs two warm-up steps, then traces one step with
 ``jax.profiler.trace``. The XPlane file the profiler writes is read back (TensorFlow's
 ``xplane_pb2``, installed with segjax's input pipeline) and every event whose name is an HLO
@@ -14,11 +14,6 @@ else the fusion's name stem) and the ``op_name`` of its metadata, which names th
 whether it is the forward or the backward (``transpose(jvp(...))``) pass. Times of ops that overlap
 in time add up, so the sum can exceed the step's wall time; the totals per kind are the useful part.
 """
-
-if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax.runtime import host_heap
-
-    host_heap.restart_with_huge_pages()
 
 import argparse
 import collections
@@ -32,7 +27,7 @@ import jax
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from benchmarks import train_step
-from segjax import ops, trainer
+from segjax import runtime, trainer, xla_cpu
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\((.*)$", re.M)
 
@@ -89,13 +84,13 @@ def profile(model, batch, size, conv_impl, cpu_scheduler, num_classes=21, evalua
     )
     if evaluate:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        forward = ops.jit(lambda v, x: net.apply(v, x, train=False)["out"], cfg)
+        forward = runtime.jit(lambda v, x: net.apply(v, x, train=False)["out"], cfg)
         compiled = forward.lower(variables, data["image"]).compile()
 
         def run():
             jax.block_until_ready(compiled(variables, data["image"]))
     else:
-        step = ops.jit(trainer.make_train_step(net, tx, schedule, cfg), cfg, donate_argnums=0)
+        step = runtime.jit(trainer.make_train_step(net, tx, schedule, cfg), cfg, donate_argnums=0)
         compiled = step.lower(state, data).compile()
 
         def run():
@@ -128,13 +123,13 @@ def main(argv=None):
         "--conv-impl",
         default="auto",
         choices=("gemm", "xla"),
-        help="convolutions as GEMMs (segjax.ops; the default on CPU) or XLA's own",
+        help="convolutions as GEMMs (segjax.xla_cpu; the default on CPU) or XLA's own",
     )
     p.add_argument("--cpu-scheduler", default="memory", choices=("memory", "concurrency", "xla"))
     p.add_argument("--top", type=int, default=25, help="instructions to list")
     p.add_argument("--eval", action="store_true", help="profile the train=False forward pass")
     args = p.parse_args(argv)
-    conv_impl = ops.resolve_conv_impl(args.conv_impl)
+    conv_impl = xla_cpu.resolve_conv_impl(args.conv_impl)
     wall_ms, rows = profile(
         args.model, args.batch, args.size, conv_impl, args.cpu_scheduler, evaluate=args.eval
     )

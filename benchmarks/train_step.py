@@ -36,28 +36,27 @@ Reported:
   ``--interleave-block`` steps (3; each led by an untimed step; 1 = one step each in turn)
   (:class:`Interleaved`), so that the machine's speed changes meet both frameworks alike;
   ``--no-interleave`` runs it after ours (both at once may not fit in memory). The child gets
-  the environment this command was started in: segjax's entry points restart themselves with
-  glibc's huge-page tunable (``segjax.runtime.host_heap``), torch as a torch user runs it does not
-  (``--peer-huge-pages`` gives it the same tunable).
+  this command's environment (``--peer-huge-pages`` adds glibc's huge-page tunable to it);
+* ``huge_pages``: whether this process runs with glibc's huge-page tunable
+  (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which ``launch/*.sh`` set;
+  ``segjax.runtime.host_heap``). ``--huge-pages both`` measures the segjax step twice, in two
+  child processes, with and without it, and reports both (``huge_pages_speedup`` = step time
+  without ÷ with).
 
-Both steps are jitted with ``segjax.ops.jit``, as training jits them: ``--conv-impl gemm`` (the
-default on CPU) traces every ``nn.Conv`` through ``segjax.ops.conv_general_dilated_gemm``
+Both steps are jitted with ``segjax.runtime.jit``, as training jits them: ``--conv-impl gemm``
+(the default on CPU) traces every ``nn.Conv`` through ``segjax.xla_cpu.conv_general_dilated_gemm``
 (weight gradients as per-tap matmuls, 1×1 convs as matmuls, dense 3×3s as Winograd, depthwise
 convs as shifted multiply-adds, mostly-padding atrous convs as shifted matmuls; same numbers);
 ``xla`` keeps XLA's own convolutions. ``--cpu-scheduler`` picks XLA:CPU's instruction scheduler
-for both steps (``config.cpu_scheduler``; default ``memory``, as training uses). See
+for both steps (``config.runtime.cpu_scheduler``; default ``memory``, as training uses). See
 docs/PERFORMANCE.md for measured figures.
 """
-
-if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax.runtime import host_heap
-
-    host_heap.restart_with_huge_pages()
 
 import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -67,9 +66,9 @@ import numpy as np
 
 from benchmarks import common, torchvision_step
 from segjax import config as config_lib
-from segjax import ops, optim, sharding, trainer
-from segjax.ops import winograd
-from segjax.runtime import host_heap
+from segjax import optim, runtime, sharding, trainer, xla_cpu
+from segjax.runtime import host_devices, host_heap
+from segjax.xla_cpu import winograd
 
 # Published dense peak FLOP/s (no sparsity) by ``device_kind`` substring: (float32, bfloat16).
 PUBLISHED_PEAKS = {
@@ -166,7 +165,7 @@ def benchmark_config(
     ``conv_impl`` is resolved for the default backend (``"auto"`` → ``"gemm"`` on CPU).
 
     Raises:
-      ValueError: ``conv_impl`` is not one of ``segjax.ops.CONV_IMPLS``.
+      ValueError: ``conv_impl`` is not one of ``segjax.xla_cpu.CONV_IMPLS``.
     """
     cfg = config_lib.base_config()
     if model_name is not None:
@@ -176,8 +175,8 @@ def benchmark_config(
     cfg.data.crop_size = (size, size)
     cfg.train.batch_size = cfg.eval.batch_size = batch
     cfg.train.aux_weight = common.AUX_WEIGHT
-    cfg.conv_impl = ops.resolve_conv_impl(conv_impl)
-    cfg.cpu_scheduler = cpu_scheduler
+    cfg.runtime.conv_impl = xla_cpu.resolve_conv_impl(conv_impl)
+    cfg.runtime.cpu_scheduler = cpu_scheduler
     cfg.optim.lr, cfg.optim.momentum = common.LR, common.MOMENTUM
     cfg.optim.weight_decay = common.WEIGHT_DECAY
     return cfg
@@ -210,7 +209,7 @@ def _flops(cost) -> float:
 def _data_parallel(cfg, state, data):
     """``(state, data, devices)``: data parallel over as many devices as divide the batch, as
     ``segjax.train`` runs (state replicated, batch split)."""
-    num_devices = sharding.auto_host_devices(cfg, len(jax.devices()))
+    num_devices = host_devices.auto_host_devices(cfg, len(jax.devices()))
     if num_devices > 1:
         mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:num_devices])
         state = jax.device_put(state, sharding.replicated(mesh))
@@ -220,11 +219,11 @@ def _data_parallel(cfg, state, data):
 
 def _model_flops(net, tx, schedule, cfg, state, data, executed: float) -> float:
     """The model's FLOPs per step: the same step with plain convolutions, lowered only."""
-    if cfg.conv_impl == "xla":
+    if cfg.runtime.conv_impl == "xla":
         return executed
     plain = cfg.copy_and_resolve_references()
-    plain.conv_impl = "xla"
-    plain_step = ops.jit(trainer.make_train_step(net, tx, schedule, plain), plain)
+    plain.runtime.conv_impl = "xla"
+    plain_step = runtime.jit(trainer.make_train_step(net, tx, schedule, plain), plain)
     return _flops(plain_step.lower(state, data).cost_analysis())
 
 
@@ -330,7 +329,7 @@ def _eval_figures(
     variables = {"params": state.params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
-    forward = ops.jit(lambda v, x: net.apply(v, x, train=False)["out"], cfg)
+    forward = runtime.jit(lambda v, x: net.apply(v, x, train=False)["out"], cfg)
     start = time.perf_counter()
     compiled = forward.lower(variables, images).compile()
     compile_s = time.perf_counter() - start
@@ -391,7 +390,7 @@ def run_jax(
     peak_flops, peak_source = peak or device_peak(dtype)
 
     start = time.perf_counter()
-    compiled = ops.jit(step_fn, cfg, donate_argnums=0).lower(state, data).compile()
+    compiled = runtime.jit(step_fn, cfg, donate_argnums=0).lower(state, data).compile()
     compile_s = time.perf_counter() - start
     if trim_after_compile:
         host_heap.release_freed_heap()
@@ -417,8 +416,9 @@ def run_jax(
         "batch": batch,
         "size": size,
         "dtype": dtype,
-        "conv_impl": cfg.conv_impl,
+        "conv_impl": cfg.runtime.conv_impl,
         "cpu_scheduler": cpu_scheduler,
+        "huge_pages": host_heap.huge_pages_requested(),
         "winograd_tile": winograd.active_output_tile(),
         "malloc_trim": trim_after_compile,
         "devices": num_devices,
@@ -490,13 +490,13 @@ def _parser() -> argparse.ArgumentParser:
         "--conv-impl",
         default="auto",
         choices=("gemm", "xla"),
-        help="convolutions as GEMMs (segjax.ops; the default on CPU) or XLA's own",
+        help="convolutions as GEMMs (segjax.xla_cpu; the default on CPU) or XLA's own",
     )
     p.add_argument(
         "--cpu-scheduler",
         default="memory",
         choices=("memory", "concurrency", "xla"),
-        help="XLA:CPU instruction scheduler (config.cpu_scheduler)",
+        help="XLA:CPU instruction scheduler (config.runtime.cpu_scheduler)",
     )
     p.add_argument(
         "--winograd-tile",
@@ -534,9 +534,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--peer-huge-pages",
         action="store_true",
-        help="with --compare: run torchvision with the glibc huge-page tunable segjax restarts "
-        "itself with (segjax.runtime.host_heap; default: torchvision gets the environment "
-        "this command was started in)",
+        help="with --compare: run torchvision with glibc's huge-page tunable added to this "
+        "command's environment (segjax.runtime.host_heap; default: torchvision gets this "
+        "command's environment as it is)",
+    )
+    p.add_argument(
+        "--huge-pages",
+        default="inherit",
+        choices=("inherit", "both"),
+        help="inherit: measure in this process, with GLIBC_TUNABLES as it was started "
+        "(launch/*.sh set glibc.malloc.hugetlb=1); both: measure the segjax step in two child "
+        "processes, with and without glibc's huge-page tunable, and report both",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     p.add_argument(
@@ -568,15 +576,56 @@ def _torch_python_or_exit(args) -> str | None:
 def _split_host(args) -> None:
     """Sets ``--host-devices`` (``XLA_FLAGS``) before JAX starts its backends."""
     host = config_lib.base_config()
-    host.host_devices = args.host_devices
+    host.runtime.host_devices = args.host_devices
     host.train.batch_size = host.eval.batch_size = args.batch
-    sharding.configure_host_devices(host)
+    host_devices.configure_host_devices(host)
 
 
 def _peer_environment(args) -> dict:
-    """torchvision's environment: the one this command was started in, without the huge-page
-    tunable segjax restarted itself with, unless ``--peer-huge-pages``."""
-    return dict(os.environ) if args.peer_huge_pages else host_heap.environment_before_restart()
+    """torchvision's environment: this command's, with glibc's huge-page tunable added when
+    ``--peer-huge-pages`` (and the host can use it)."""
+    if args.peer_huge_pages:
+        return host_heap.huge_page_environment() or dict(os.environ)
+    return dict(os.environ)
+
+
+def huge_pages_both(argv: list[str]) -> dict:
+    """``--huge-pages both``: the segjax measurement of ``argv`` in two child processes, one
+    without glibc's huge-page tunable and one with it; returns ``{"no_huge_pages": figures,
+    "huge_pages": figures, "huge_pages_speedup": step ms without ÷ with}``.
+
+    Raises:
+      SystemExit: with ``--compare`` (measure the peer separately), or where the tunable cannot
+        apply (no glibc, or the kernel's transparent huge pages are off).
+    """
+    if "--compare" in argv or any(a.startswith("--compare=") for a in argv):
+        raise SystemExit("--huge-pages both measures segjax alone; run --compare on its own")
+    with_tunable = host_heap.huge_page_environment()
+    if with_tunable is None:
+        raise SystemExit("--huge-pages both: no glibc huge pages here (glibc, kernel THP)")
+    child_argv = [*argv, "--huge-pages", "inherit", "--json"]  # the last --huge-pages wins
+    runs = {}
+    environments = {"no_huge_pages": host_heap.without_huge_pages(), "huge_pages": with_tunable}
+    for label, env in environments.items():
+        try:
+            runs[label] = common.module_json(sys.executable, "train_step", child_argv, env)
+        except RuntimeError as e:
+            raise SystemExit(f"--huge-pages both: {e}") from None
+        runs[label] = runs[label]["segjax"]
+    runs["huge_pages_speedup"] = runs["no_huge_pages"]["step_ms"] / runs["huge_pages"]["step_ms"]
+    return runs
+
+
+def _print_huge_pages(args, runs: dict) -> None:
+    """The ``--huge-pages both`` report: one column per environment, the speed-up."""
+    without, with_ = dict(runs["no_huge_pages"]), dict(runs["huge_pages"])
+    print(
+        f"{args.model}, batch {args.batch}, {args.size}×{args.size}: segjax without / with "
+        f"GLIBC_TUNABLES={host_heap.HUGE_PAGES_TUNABLE} (one child process each)"
+    )
+    without["framework"], with_["framework"] = "no huge pages", "huge pages"
+    print(_fmt([without, with_]))
+    print(f"huge pages: train step {runs['huge_pages_speedup']:.2f}× as fast")
 
 
 def _peer_figures(interleaved: Interleaved, batch: int) -> dict:
@@ -642,6 +691,7 @@ def _print_report(args, summary: dict) -> None:
         + (_interleave_words(ours) if summary.get("interleaved") else "; ")
         + f"Winograd F({ours['winograd_tile']}×{ours['winograd_tile']}, 3×3)"
         + (", malloc_trim after compiling" if ours["malloc_trim"] else "")
+        + (", glibc huge pages" if ours["huge_pages"] else ", no glibc huge pages")
     )
     print(_fmt([ours] + ([theirs] if theirs else [])))
     print(f"peak for MFU: {ours['peak_flops'] / 1e9:.1f} GFLOP/s ({ours['peak_source']})")
@@ -668,7 +718,14 @@ def _print_report(args, summary: dict) -> None:
 
 def main(argv=None) -> dict:
     """CLI entry point; returns the figures (also printed, with ``--json`` as one JSON line)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    if args.huge_pages == "both":
+        runs = huge_pages_both(argv)
+        _print_huge_pages(args, runs)
+        if args.json:
+            print(json.dumps(runs))
+        return runs
     python = _torch_python_or_exit(args)
     _split_host(args)
     common_kw = dict(steps=args.steps, num_classes=args.num_classes, evaluate=not args.no_eval)

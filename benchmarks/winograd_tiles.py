@@ -5,7 +5,7 @@
     python -m benchmarks.winograd_tiles --cases "layer3 d2,fcn head" --repeats 5
 
 Each case is a 3×3 stride-1 conv the segmentation models route to
-:func:`segjax.ops.winograd.conv3x3_winograd` (batch 4, 256² input, output stride 8 by default:
+:func:`segjax.xla_cpu.winograd.conv3x3_winograd` (batch 4, 256² input, output stride 8 by default:
 the backbone's 3×3 convs at 64² and 32² and the heads'), run with each output tile size:
 
 * ``fwd ms``: the jitted forward; ``fwd+bwd ms``: ``jax.grad`` of ``⟨conv(x, k), g⟩`` with
@@ -51,7 +51,7 @@ def _float32_error(x, k, d, m) -> float:
     import jax
     import jax.numpy as jnp
 
-    from segjax.ops import winograd
+    from segjax.xla_cpu import winograd
 
     padding = ((d, d), (d, d))
     with jax.enable_x64(True):
@@ -68,13 +68,13 @@ def measure(case: str, batch: int, side: int, repeats: int) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from segjax import ops
-    from segjax.ops import winograd
+    from segjax import xla_cpu
+    from segjax.xla_cpu import winograd
 
     cin, cout, d, mult = CASES[case]
     x, k, g = (jnp.asarray(a) for a in _arrays(batch, side * mult, cin, cout))
     padding = ((d, d), (d, d))
-    options = ops.compiler_options("memory")
+    options = xla_cpu.compiler_options("memory")
     rows = []
     for m in winograd.OUTPUT_TILES:
         conv = lambda x, k, m=m: winograd.conv3x3_winograd(x, k, padding, d, None, m)

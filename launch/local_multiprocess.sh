@@ -14,6 +14,9 @@
 # others are killed and the script exits with the failing process's code. SIGTERM/SIGINT are
 # forwarded to every process (segjax checkpoints at the current step and exits). Needs bash 5.1+.
 #
+# Every process runs with glibc's huge-page tunable appended to GLIBC_TUNABLES
+# (launch/huge_pages.sh).
+#
 # Environment (defaults): NUM_PROCESSES (2), DEVICES_PER_PROCESS (4), COORDINATOR_PORT (a free
 # port), PYTHON (python3), LOG_DIR (a new temporary directory), SEGJAX_MODULE (segjax.train;
 # e.g. segjax.evaluate).
@@ -38,6 +41,8 @@ s.bind(("localhost", 0))
 print(s.getsockname()[1])')"
 fi
 mkdir -p "$LOG_DIR"
+# shellcheck source=launch/huge_pages.sh
+source "$REPO_ROOT/launch/huge_pages.sh"
 
 # Fake CPU devices: drop any device-count flag already in XLA_FLAGS, then set ours.
 xla_flags=""

@@ -45,6 +45,9 @@ fi
 # segjax hides the GPUs from TensorFlow (tf.data only); XLA may take most of GPU memory.
 export TF_CPP_MIN_LOG_LEVEL=3
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
+# glibc's huge-page tunable for the host heap (appended to GLIBC_TUNABLES; srun passes it on).
+# shellcheck source=launch/huge_pages.sh
+source "$REPO_DIR/launch/huge_pages.sh"
 
 echo "job ${SLURM_JOB_ID:-?}: ${SLURM_JOB_NUM_NODES:-?} nodes, config $CONFIG, workdir $WORKDIR"
 # srun starts one task per node; SIGTERM from --signal reaches each of them.

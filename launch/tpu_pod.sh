@@ -91,6 +91,7 @@ if [[ -f ~/segjax_train.pid ]] && kill -0 \"\$(cat ~/segjax_train.pid)\" 2>/dev/
   echo \"segjax.train is already running on \$(hostname)\" >&2
   exit 1
 fi
+source launch/huge_pages.sh  # glibc's huge-page tunable for the host heap
 nohup python -m segjax.train --config $(printf %q "$CONFIG") --workdir $(printf %q "$WORKDIR") \
   --config.data.data_dir=$(printf %q "$DATA_DIR")$extra >~/segjax_train.log 2>&1 </dev/null &
 echo \$! >~/segjax_train.pid

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 from segjax import errors, sharding, trainer
 from segjax.evaluation import inference
 from segjax.logs import fail
-from segjax.runtime import compile_cache, host_heap
+from segjax.runtime import compile_cache, host_devices
 from segjax.runtime.lazy_imports import tf
 
 __all__ = [
@@ -144,11 +144,10 @@ def load_model(config: ml_collections.ConfigDict, f) -> trainer.InferenceModel:
 
 
 def run_tool(main) -> None:
-    """``absl.app.run(main)`` with :func:`parse_flags` (one-line flag and config errors), in a
-    process whose large buffers use huge pages
-    (:func:`segjax.runtime.host_heap.restart_with_huge_pages`;
-    the tools call it before their imports already, this catches any that does not)."""
-    host_heap.restart_with_huge_pages()
+    """``absl.app.run(main)`` with :func:`parse_flags` (one-line flag and config errors).
+
+    The process runs as it was started: glibc's huge-page tunable, which makes XLA:CPU's step
+    faster, is the launcher's to set (``launch/*.sh``, docs/SCALING.md)."""
     app.run(main, flags_parser=parse_flags)
 
 
@@ -251,13 +250,14 @@ def require_workdir(workdir: str | None, flag: str = "--workdir") -> str:
 
 
 def configure_host_devices(config, num_processes: int = 0) -> None:
-    """Splits a CPU host into per-core devices (``config.host_devices``) before JAX starts."""
+    """Splits a CPU host into per-core devices (``config.runtime.host_devices``,
+    :mod:`segjax.runtime.host_devices`) before JAX starts."""
     env = os.environ
     num_processes = num_processes or int(
         env.get("SEGJAX_NUM_PROCESSES") or env.get("SLURM_NTASKS") or 1
     )
     with clean_errors():
-        sharding.configure_host_devices(config, num_processes)
+        host_devices.configure_host_devices(config, num_processes)
 
 
 def setup_runtime(

@@ -19,22 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params, stats, logits stay f32)
-    # How traced nn.Conv layers are computed, forward and gradients: "gemm" (the exact matmul /
-    # Winograd rewrites of segjax.ops.conv, which XLA:CPU runs fast) | "xla" (XLA's own
-    # convolution) | "auto" ("gemm" on the CPU backend, "xla" elsewhere). Results agree within
-    # float rounding; see docs/PERFORMANCE.md. Every jit site applies it through segjax.ops.jit.
-    c.conv_impl = "auto"
-    # XLA:CPU's instruction scheduler for compiled steps: "memory" (memory-optimised: runs the
-    # step's ops one after another; faster and smaller on CPU, docs/PERFORMANCE.md) |
-    # "concurrency" | "xla" (XLA's default, concurrency-optimised). No effect on GPU/TPU.
-    c.cpu_scheduler = "memory"
-    # JAX's persistent compilation cache (segjax.runtime.compile_cache), so that a resumed run,
-    # evaluate and predict load the executables an earlier process compiled: enabled; dir
-    # ("" = $XDG_CACHE_HOME/segjax/jax or ~/.cache/segjax/jax); min_compile_time_secs (only
-    # compilations at least this long are written). SEGJAX_COMPILE_CACHE=off|DIR overrides.
-    c.compile_cache = ml_collections.ConfigDict(
-        {"enabled": True, "dir": "", "min_compile_time_secs": 0.0}
-    )
+    c.runtime = _runtime_schema()
     c.init_from = ""  # a checkpoint directory (e.g. an imported torchvision backbone) to start from
     c.model = _model_schema()
     c.data = _data_schema()
@@ -46,11 +31,37 @@ def base_config() -> ml_collections.ConfigDict:
     # reference) |
     # "faster_coco_eval" (the same statistics, faster; pip install -e ".[coco-fast]").
     c.eval.coco_backend = "pycocotools"
-    # CPU hosts: XLA devices to split each host into (0 = auto: one per core, as many as
-    # divide the batch sizes; 1 = one device). Ignored when XLA_FLAGS already sets a count.
-    c.host_devices = 0
     c.mesh = _mesh_schema()
     return c
+
+
+def _runtime_schema() -> ml_collections.ConfigDict:
+    """``config.runtime``: how the process runs the model, read only by :mod:`segjax.runtime`
+    (backend rewrites, compiler options, compilation cache, host devices). Results do not depend
+    on them beyond float rounding; speed, memory and compile time do."""
+    rt = ml_collections.ConfigDict()
+    # How traced nn.Conv layers are computed, forward and gradients: "gemm" (the exact matmul /
+    # Winograd rewrites of segjax.xla_cpu, which XLA:CPU runs fast; residual block outputs are
+    # stored once) | "xla" (XLA's own convolution) | "auto" ("gemm" on the CPU backend, "xla"
+    # elsewhere). Results agree within float rounding; see docs/XLA_CPU.md. Every jit site
+    # applies it through segjax.runtime.jit.
+    rt.conv_impl = "auto"
+    # XLA:CPU's instruction scheduler for compiled steps: "memory" (memory-optimised: runs the
+    # step's ops one after another; faster and smaller on CPU, docs/XLA_CPU.md) |
+    # "concurrency" | "xla" (XLA's default, concurrency-optimised). No effect on GPU/TPU.
+    rt.cpu_scheduler = "memory"
+    # JAX's persistent compilation cache (segjax.runtime.compile_cache), so that a resumed run,
+    # evaluate and predict load the executables an earlier process compiled: enabled; dir
+    # ("" = $XDG_CACHE_HOME/segjax/jax or ~/.cache/segjax/jax); min_compile_time_secs (only
+    # compilations at least this long are written). SEGJAX_COMPILE_CACHE=off|DIR overrides.
+    rt.compile_cache = ml_collections.ConfigDict(
+        {"enabled": True, "dir": "", "min_compile_time_secs": 0.0}
+    )
+    # CPU hosts: XLA devices to split each host into (segjax.runtime.host_devices; 0 = auto: one
+    # per core, as many as divide the batch sizes; 1 = one device). Ignored when XLA_FLAGS
+    # already sets a count.
+    rt.host_devices = 0
+    return rt
 
 
 def _model_schema() -> ml_collections.ConfigDict:

@@ -10,28 +10,20 @@ are training's own (:func:`segjax.trainer.evaluate`, :func:`segjax.trainer.compi
 Outputs are written to the workdir (or ``--output``) by process 0.
 """
 
+import dataclasses
+import json
+import math
 import os
+import time
+import types
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax.runtime import host_heap
-
-    host_heap.restart_with_huge_pages()
-
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-import types  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+import jax
+import numpy as np
+from absl import flags
+from PIL import Image, ImageDraw, ImageFont
 
 from segjax import cli, tasks, trainer
-from segjax import data as data_lib  # noqa: E402
+from segjax import data as data_lib
 from segjax.evaluation import inference
 
 _FLAGS = types.SimpleNamespace(

@@ -15,26 +15,18 @@ wrapped so that the padding happens inside the exported function with symbolic s
 as the model does it; the output equals the live model's.
 """
 
+import json
 import os
+import types
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from jax import export
 
-if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax.runtime import host_heap
-
-    host_heap.restart_with_huge_pages()
-
-import json  # noqa: E402
-import types  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from jax import export  # noqa: E402
-
-from segjax import cli, ops  # noqa: E402
-from segjax.models import unet  # noqa: E402
+from segjax import cli, runtime
+from segjax.models import unet
 
 _FLAGS = types.SimpleNamespace(
     **vars(cli.define_run_flags()),
@@ -108,7 +100,7 @@ def export_model(
 ):
     """A ``jax.export.Exported`` of the model with symbolic batch, height and width.
 
-    Traced through :func:`segjax.ops.jit` like every segjax jit site, always with XLA's own
+    Traced through :func:`segjax.runtime.jit` like every segjax jit site, always with XLA's own
     convolutions: the GEMM rewrites pick their form from concrete sizes (Winograd tiling,
     taps that only read padding), which a symbolic-size export does not have, and the exported
     program is meant for any platform in ``platforms``.
@@ -123,7 +115,7 @@ def export_model(
     spec = jax.ShapeDtypeStruct((b, h, w, 3), dtype)
     try:
         settings = types.SimpleNamespace(conv_impl="xla", cpu_scheduler="xla")
-        jitted = ops.jit(fn, settings)
+        jitted = runtime.jit(fn, settings)
         return export.export(jitted, platforms=tuple(platforms))(spec)
     except (
         jax.errors.InconclusiveDimensionOperation,

@@ -33,32 +33,24 @@ status 1 if any failed). Instance models normalise with their own transform
 (``MaskRCNN.transform``: torchvision's); ``config.data.mean``/``std`` are for semantic models.
 """
 
+import json
 import os
+import sys
+import types
+from collections.abc import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import jax
+import numpy as np
+from absl import flags
+from PIL import Image
+from pycocotools import mask as coco_mask
+from tqdm import tqdm
 
-if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax.runtime import host_heap
-
-    host_heap.restart_with_huge_pages()
-
-import json  # noqa: E402
-import sys  # noqa: E402
-import types  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from PIL import Image  # noqa: E402
-from pycocotools import mask as coco_mask  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from segjax import cli, logs, ops, trainer
-from segjax.data import base, cityscapes, coco_names, image_io  # noqa: E402
+from segjax import cli, logs, runtime, trainer
+from segjax.data import base, cityscapes, coco_names, image_io
 from segjax.evaluation import inference, visualize
-from segjax.evaluation.coco_eval import MASK_CHUNK, MASK_THRESHOLD, coco_results  # noqa: E402
-from segjax.models import maskrcnn  # noqa: E402
+from segjax.evaluation.coco_eval import MASK_CHUNK, MASK_THRESHOLD, coco_results
+from segjax.models import maskrcnn
 
 _FLAGS = types.SimpleNamespace(
     **vars(cli.define_run_flags()),
@@ -185,7 +177,7 @@ def predict_files(
     mean = np.asarray(config.data.mean, np.float32)
     std = np.asarray(config.data.std, np.float32)
     predictor = inference.make_predictor(model, options, mean=tuple(mean), std=tuple(std))
-    labels_fn = ops.jit(
+    labels_fn = runtime.jit(
         lambda v, x: jax.numpy.argmax(predictor(v, x), axis=-1).astype("uint8"), config
     )
     # One image at a time: the whole model on one device (no replicated work on the others).
@@ -378,16 +370,14 @@ def predict_instance_files(
 ) -> tuple[list[str], list[str]]:
     """Detects the instances of every image of ``inputs`` (files or folders) with an instance
     ``model`` and writes :func:`write_instances`' three files each, one image at a time on one
-    device. The model compiles once per padded-size bucket used, with ``config.conv_impl``
-    and ``config.cpu_scheduler``, unless ``fn`` (:func:`segjax.models.maskrcnn.inference_fn`
+    device. The model compiles once per padded-size bucket used, with ``config.runtime``'s
+    backend settings, unless ``fn`` (:func:`segjax.models.maskrcnn.inference_fn`
     of ``model``, with its compilation cache) is given.
 
     Returns:
       ``(written, failures)`` as :func:`predict_files`.
     """
-    fn = fn or maskrcnn.inference_fn(
-        model, conv_impl=config.conv_impl, cpu_scheduler=config.cpu_scheduler
-    )
+    fn = fn or maskrcnn.inference_fn(model, config)
     variables = jax.device_put(jax.device_get(variables), jax.local_devices()[0])
     names = class_names_for(config)
 

@@ -5,18 +5,9 @@
 Re-running the same command resumes from the latest checkpoint in the workdir.
 """
 
-import os
+import types
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-if __name__ == "__main__":  # first: the re-exec would repeat the heavy imports below
-    from segjax.runtime import host_heap
-
-    host_heap.restart_with_huge_pages()
-
-import types  # noqa: E402
-
-from segjax import cli, trainer  # noqa: E402
+from segjax import cli, trainer
 
 _FLAGS = types.SimpleNamespace(
     **vars(cli.define_run_flags()), **vars(cli.define_multiprocess_flags())

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from segjax import checkpoint, logs, models, ops, optim, sharding, tasks
+from segjax import checkpoint, logs, models, optim, runtime, sharding, tasks
 from segjax import data as data_lib
 from segjax.errors import NonFiniteError
 from segjax.input import pipeline
@@ -240,7 +240,7 @@ def load_for_inference(
 def compile_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh, options=None):
     """The jitted eval step of ``model``'s task (:mod:`segjax.tasks`) — the one used by
     in-training evaluation and by ``segjax.evaluate``, so both trace the same convolution path
-    (:func:`segjax.ops.jit`)."""
+    (:func:`segjax.runtime.jit`)."""
     return tasks.for_model(model).compile_eval_step(model, config, mesh, options)
 
 
@@ -271,7 +271,7 @@ class Trainer:
         )
         self._init = jax.jit(init_fn, out_shardings=self.state_shardings)
         self._rng = rng
-        self.train_step = ops.jit(
+        self.train_step = runtime.jit(
             make_train_step(self.model, self.tx, self.schedule, config),
             config,
             in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),

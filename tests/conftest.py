@@ -108,5 +108,5 @@ def instance_config(instance_shapes_data_dir):
 
     config = load_config("maskrcnn_quickstart.py")
     config.data.data_dir = instance_shapes_data_dir
-    config.conv_impl = "xla"  # compile time; the matmul forms are tested in test_ops_conv
+    config.runtime.conv_impl = "xla"  # compile time; the matmul forms: test_ops_conv
     return config

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import common, profile_step, torchvision_step, train_step
 from segjax import optim, trainer
+from segjax.runtime import host_heap
 
 
 class _TinyNet(nn.Module):
@@ -42,6 +43,7 @@ def test_run_jax_tiny_model_figures():
         result["mfu"], result["flops_per_step"] / (result["step_ms"] / 1e3) / 1e11, rtol=1e-6
     )
     assert result["conv_impl"] == "gemm" and result["model"] == "_TinyNet"
+    assert result["huge_pages"] == host_heap.huge_pages_requested()  # as this process started
     assert result["devices"] == 2  # batch 2 split over 2 of the 8 test devices
     assert np.isfinite(result["loss"])
     np.testing.assert_allclose(result["train_img_s"], 2 / (result["step_ms"] / 1e3), rtol=1e-6)
@@ -63,6 +65,24 @@ def test_he_init_state_has_the_trainers_init_structure():
 def test_run_jax_rejects_unknown_conv_impl():
     with pytest.raises(ValueError, match="conv_impl"):
         train_step.run_jax(_TinyNet(), batch=1, size=8, conv_impl="cudnn")
+
+
+@pytest.mark.skipif(
+    host_heap.huge_page_environment() is None, reason="needs glibc and transparent huge pages"
+)
+def test_huge_pages_both_reports_the_step_with_and_without(capsys):
+    """Two child processes, one with glibc's huge-page tunable and one without, a tiny model."""
+    tiny = ["--model", "unet_small", "--batch", "1", "--size", "16", "--steps", "1", "--no-eval"]
+    runs = train_step.main([*tiny, "--huge-pages", "both"])
+    assert runs["huge_pages"]["huge_pages"] and not runs["no_huge_pages"]["huge_pages"]
+    for side in ("huge_pages", "no_huge_pages"):
+        assert runs[side]["step_ms"] > 0 and np.isfinite(runs[side]["loss"])
+    assert runs["huge_pages_speedup"] == pytest.approx(
+        runs["no_huge_pages"]["step_ms"] / runs["huge_pages"]["step_ms"]
+    )
+    assert "huge pages: train step" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="measures segjax alone"):
+        train_step.main([*tiny, "--huge-pages", "both", "--compare", "torchvision"])
 
 
 def test_compare_without_torchvision_equivalent_is_one_line():

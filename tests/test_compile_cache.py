@@ -24,12 +24,12 @@ from segjax.runtime import compile_cache
 ROOT = pathlib.Path(__file__).parent.parent
 VARIANTS = [("gemm", "memory"), ("xla", "memory"), ("gemm", "concurrency")]
 
-# Compiles a small conv net's loss and gradients through segjax.ops.jit for each variant of
+# Compiles a small conv net's loss and gradients through segjax.runtime.jit for each variant of
 # the spec, after the spec's environment changes and compile_cache.setup; prints JSON.
 _STEP_CHILD = r"""
 import hashlib, json, os, sys, time, types
 import flax.linen as nn, jax, jax.numpy as jnp, ml_collections, numpy as np
-from segjax import ops
+from segjax import runtime
 from segjax.runtime import compile_cache
 
 class Net(nn.Module):
@@ -65,7 +65,7 @@ for i, step in enumerate(spec["steps"]):
     for conv_impl, cpu_scheduler in step["variants"]:
         options = types.SimpleNamespace(conv_impl=conv_impl, cpu_scheduler=cpu_scheduler)
         with compile_cache.record() as seen:
-            compiled = ops.jit(loss_and_grads, options).lower(variables, images).compile()
+            compiled = runtime.jit(loss_and_grads, options).lower(variables, images).compile()
         out = jax.tree.leaves(jax.block_until_ready(compiled(variables, images)))
         digest = hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in out)).hexdigest()
         results.append({"dir": directory, "hits": seen.hits, "writes": seen.writes,
@@ -83,7 +83,7 @@ from segjax.runtime import compile_cache
 cli.define_run_flags()
 
 def main(argv):
-    out = {"defaults": config.base_config().compile_cache.to_dict()}
+    out = {"defaults": config.base_config().runtime.compile_cache.to_dict()}
     out["returned"] = cli.setup_runtime()
     out["jax_dir"] = jax.config.jax_compilation_cache_dir
     os.environ[compile_cache.ENV_VAR] = "off"
@@ -91,7 +91,7 @@ def main(argv):
     out["enabled_off"] = jax.config.jax_enable_compilation_cache
     print(json.dumps(out))
 
-sys.argv = ["tool", "--config", sys.argv[1], "--config.compile_cache.dir=" + sys.argv[2]]
+sys.argv = ["tool", "--config", sys.argv[1], "--config.runtime.compile_cache.dir=" + sys.argv[2]]
 cli.run_tool(main)
 """
 
@@ -187,6 +187,9 @@ def test_setup_runtime_takes_the_config_flag(tmp_path):
     assert out["returned_off"] is None and out["enabled_off"] is False
 
 
+_DIR_SETTING = "config.runtime.compile_cache.dir"
+
+
 @pytest.mark.parametrize(
     "env, settings, expected, source",
     [
@@ -195,10 +198,10 @@ def test_setup_runtime_takes_the_config_flag(tmp_path):
         ({"SEGJAX_COMPILE_CACHE": "0"}, {}, None, "SEGJAX_COMPILE_CACHE"),
         ({"SEGJAX_COMPILE_CACHE": "/e"}, {"enabled": False}, "/e", "SEGJAX_COMPILE_CACHE"),
         ({"SEGJAX_COMPILE_CACHE": "on"}, {"enabled": False, "dir": "/c"}, "/c", "config"),
-        ({}, {"enabled": False, "dir": "/c"}, None, "config.compile_cache.enabled"),
-        ({"JAX_COMPILATION_CACHE_DIR": "/j"}, {"dir": "/c"}, "/c", "config.compile_cache.dir"),
+        ({}, {"enabled": False, "dir": "/c"}, None, "config.runtime.compile_cache.enabled"),
+        ({"JAX_COMPILATION_CACHE_DIR": "/j"}, {"dir": "/c"}, "/c", _DIR_SETTING),
         ({"JAX_COMPILATION_CACHE_DIR": "/j"}, {}, "/j", "JAX_COMPILATION_CACHE_DIR"),
-        ({}, {"dir": "rel/dir"}, "CWD/rel/dir", "config.compile_cache.dir"),
+        ({}, {"dir": "rel/dir"}, "CWD/rel/dir", _DIR_SETTING),
     ],
 )
 def test_resolve_order(tmp_path, monkeypatch, env, settings, expected, source):

@@ -113,7 +113,7 @@ def test_evaluate_and_training_compile_one_eval_step_with_identical_results(
     """segjax.evaluate and the in-training evaluation trace the same program (the configured
     convolution path included) and count the same confusion matrix."""
     config, workdir, _ = trained_run
-    assert config.conv_impl == "auto"  # the GEMM convolutions on this CPU
+    assert config.runtime.conv_impl == "auto"  # the GEMM convolutions on this CPU
     compiled = []
     original = trainer.compile_eval_step
 
@@ -142,6 +142,6 @@ def test_evaluate_and_training_compile_one_eval_step_with_identical_results(
     assert cli_step.lower(variables, batch).as_text() == training_hlo
     # …and that program is the GEMM one: XLA's plain path has more convolutions in it.
     plain = config.copy_and_resolve_references()
-    plain.conv_impl = "xla"
+    plain.runtime.conv_impl = "xla"
     plain_hlo = trainer.compile_eval_step(t.model, plain, t.mesh).lower(variables, batch)
     assert training_hlo.count("convolution") < plain_hlo.as_text().count("convolution")

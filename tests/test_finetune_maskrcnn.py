@@ -50,7 +50,7 @@ def test_finetune_from_torchvision_weights_reinitialises_the_heads(tmp_path, cap
     # The fixture's weights are random (gradient norm ~400, where a trained model's are ~1–10):
     # at the recipe's lr they diverge within 3 steps.
     config.optim.lr = 1e-4
-    config.conv_impl = "xla"  # compile time; the matmul convolutions are tested elsewhere
+    config.runtime.conv_impl = "xla"  # compile time; the matmul convolutions are tested elsewhere
     config.data.data_dir = str(tmp_path / "tfds")
     for split, name in (("train", "train"), ("val", "val")):
         config.data.coco[f"{split}_json"] = str(export / f"{name}.json")

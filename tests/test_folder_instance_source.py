@@ -121,7 +121,7 @@ def test_without_a_class_table_every_instance_is_class_1(blobs_root, tmp_path):
 def test_mask_rcnn_trains_on_a_folder_and_reports_coco_ap(classes_root, tmp_path):
     root, data_dir = classes_root
     config = load_config("maskrcnn_quickstart.py")
-    config.conv_impl = "xla"  # compile time; the matmul forms are tested in test_ops_conv
+    config.runtime.conv_impl = "xla"  # compile time; the matmul forms: test_ops_conv
     folder_data(root, data_dir, config.data, train_split="train", eval_split="val")
     config.model.num_classes = 3
     inst = config.data.instances

@@ -35,7 +35,7 @@ def test_importing_does_not_load_tensorflow(module):
 def test_first_use_loads_tensorflow_set_up_for_the_input_pipeline():
     out = _run(
         "import sys\n"
-        "from segjax import input_pipeline\n"
+        "from segjax.input import pipeline\n"
         "before = 'tensorflow' in sys.modules\n"
         "from segjax.runtime.lazy_imports import tf\n"
         "n = int(tf.data.Dataset.range(3).reduce(tf.constant(0, tf.int64), lambda a, b: a + b))\n"

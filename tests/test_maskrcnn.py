@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from segjax import models
+from segjax import config, models
 from segjax.data.image_io import DataError
 from segjax.models import maskrcnn
 from segjax.models.maskrcnn import anchors, backbone, heads, postprocess, rpn, transform
@@ -524,8 +524,10 @@ def tiny_run():
         },
     )
     # conv_impl="xla": this test is about one static-shape jit; the matmul forms of "auto" on
-    # CPU are segjax.ops' business (and tested there) and only add compile time here.
-    fn = maskrcnn.inference_fn(model, conv_impl="xla")
+    # CPU are segjax.xla_cpu's business (and tested there) and only add compile time here.
+    xla_convs = config.base_config().runtime
+    xla_convs.conv_impl = "xla"
+    fn = maskrcnn.inference_fn(model, xla_convs)
     args = (batch["images"], batch["image_sizes"], batch["original_sizes"])
     out = jax.device_get(fn(variables, *args))
     return model, variables, batch, fn, out

@@ -165,7 +165,7 @@ def _check_resume_across_topologies(two_by_four, reference, data_flags, cache):
 def test_instance_run_is_the_same_on_two_processes(instance_shapes_data_dir, tmp_path):
     """Mask R-CNN through the same launcher: 2 × 4 trains the 1 × 8 run (the anchor and RoI
     sampling draw from the step's key per image, whichever process holds the image)."""
-    flags = {"data.data_dir": instance_shapes_data_dir, "conv_impl": "xla"}
+    flags = {"data.data_dir": instance_shapes_data_dir, "runtime.conv_impl": "xla"}
     cache = tmp_path / "jax_cache"
     runs = {}
     for processes, devices in ((1, 8), (2, 4)):

@@ -1,4 +1,4 @@
-"""Tests of segjax.ops.conv (convolutions as GEMMs) and segjax.ops.winograd, which it routes to:
+"""Tests of segjax.xla_cpu.conv (convolutions as GEMMs) and xla_cpu.winograd, which it routes to:
 every rewrite against ``lax.conv_general_dilated``, values and gradients, float32 and float64."""
 
 import functools
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax.ops import conv, winograd
+from segjax.xla_cpu import conv, winograd
 
 DN = ("NHWC", "HWIO", "NHWC")
 

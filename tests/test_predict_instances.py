@@ -44,9 +44,9 @@ THRESHOLD = 0.6
 
 def _config():
     config = load_config(pathlib.Path(CONFIG).name)
-    # XLA's own convolutions: this is about the outputs; segjax.ops' matmul forms only add
-    # compile time here (they are tested in test_ops_conv).
-    config.conv_impl = "xla"
+    # XLA's own convolutions: this is about the outputs; segjax.xla_cpu's matmul forms only
+    # add compile time here (they are tested in test_ops_conv).
+    config.runtime.conv_impl = "xla"
     return config
 
 
@@ -117,7 +117,7 @@ def run(tmp_path_factory):
     variables = jax.device_put(
         _biased(random_variables(model, (1, 64, 64, 3))), jax.local_devices()[0]
     )
-    fn = maskrcnn.inference_fn(model, conv_impl="xla")
+    fn = maskrcnn.inference_fn(model, config)
     tmp = tmp_path_factory.mktemp("instances")
     _write_images(tmp / "images")
     written, failures = predict.predict_instance_files(

@@ -81,7 +81,7 @@ def _instance_train_cmd(workdir, data_dir, **overrides):
     """``segjax.train`` of the instance quickstart's tiny Mask R-CNN on ``instance_shapes``."""
     flags = {
         "data.data_dir": data_dir,
-        "conv_impl": "xla",  # compile time; the matmul convolutions are tested elsewhere
+        "runtime.conv_impl": "xla",  # compile time; the matmul convolutions are tested elsewhere
         "train.num_steps": INSTANCE_STEPS,
         "train.checkpoint_every": INSTANCE_CHECKPOINT_EVERY,
         "train.keep_checkpoints": 10,

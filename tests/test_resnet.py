@@ -1,5 +1,6 @@
 """Tests for segjax.models.backbones.resnet."""
 
+import pathlib
 import re
 
 import chex
@@ -9,9 +10,9 @@ import jax.numpy as jnp
 import pytest
 from absl.testing import parameterized
 
-from segjax import ops
+from segjax import xla_cpu
 from segjax.models.backbones import resnet
-from tests.helpers import compiled_computations, num_params, random_variables
+from tests.helpers import abstract_variables, compiled_computations, num_params, random_variables
 
 
 # torchvision's published totals minus the ImageNet fc layer (2048·1000 + 1000, or 512·1000 +
@@ -132,8 +133,9 @@ def test_bfloat16_compute_keeps_float32_params():
 
 
 def test_gemm_path_computes_the_residual_stream_once():
-    """Under the CPU path each block's output is stored once (``ops.materialize``): no fusion of
-    the compiled backward recomputes the residual adds of two blocks."""
+    """Under the CPU path each block's output is stored once (``xla_cpu.materialize``, applied by
+    the scope's interceptor; the model calls no backend code): no fusion of the compiled backward
+    recomputes the residual adds of two blocks."""
     model = resnet.resnet_tiny(stage_blocks=(1, 1, 4, 1))
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     variables = random_variables(model, x)
@@ -144,9 +146,27 @@ def test_gemm_path_computes_the_residual_stream_once():
         )
         return jnp.sum(feats["layer4"] ** 2)
 
-    with ops.conv_impl_scope("gemm"):
+    with xla_cpu.conv_impl_scope("gemm"):
         bodies, text = compiled_computations(jax.grad(loss), variables["params"])
     block_add = r'op_name="[^"]*/(layer\d_\d+)/\1\.output/add"'
     residual_adds = [set(re.findall(block_add, body)) for body in bodies]
     assert max(len(blocks) for blocks in residual_adds) == 1
     assert text.count(" conditional(") == 2 * 7  # one per block, forward and backward
+
+
+def test_scope_materializes_block_outputs_the_model_calls_no_backend_code():
+    """One ``cond`` per block under the CPU path's scope (``xla_cpu.RESIDUAL_BLOCK_OUTPUTS``),
+    none under ``"xla"``; traced only (``make_jaxpr`` of abstract inputs), nothing compiles."""
+    model = resnet.resnet_tiny()
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    variables = abstract_variables(model, x)
+
+    def conds(impl):  # a new function each time: make_jaxpr caches traces per function
+        with xla_cpu.conv_impl_scope(impl):
+            jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x)
+        return str(jaxpr).count(" cond[")
+
+    assert (conds("gemm"), conds("xla")) == (4, 0)
+    source = pathlib.Path(resnet.__file__).read_text()
+    assert "xla_cpu." not in source.replace("segjax.xla_cpu.RESIDUAL_BLOCK_OUTPUTS", "")
+    assert "materialize" not in source

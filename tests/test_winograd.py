@@ -1,4 +1,4 @@
-"""Tests of segjax.ops.winograd's tile-size choice: F(4×4, 3×3) beside F(2×2, 3×3).
+"""Tests of segjax.xla_cpu.winograd's tile-size choice: F(4×4, 3×3) beside F(2×2, 3×3).
 
 Exactness of both sizes against the direct convolution (float64, forward and both gradients) is
 ``tests/test_ops_conv.py::test_winograd_conv_is_exact``; here: the float32 error on ResNet-like
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax.ops import conv, winograd
+from segjax.xla_cpu import conv, winograd
 
 DN = ("NHWC", "HWIO", "NHWC")
 

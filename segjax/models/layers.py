@@ -3,8 +3,9 @@ bilinear-initialised transposed convolution.
 
 All blocks are NHWC. ``dtype`` is the compute dtype; parameters stay float32. Architecture
 only: the convolutions are plain ``nn.Conv`` / ``lax`` calls, and how XLA:CPU runs them fast
-lives in :mod:`segjax.ops` (applied at every jit site by ``ops.jit``; ``BilinearConvTranspose``'s
-``impl="subpixel"`` calls :func:`segjax.ops.resample.conv_transpose_subpixel`).
+lives in :mod:`segjax.xla_cpu` (applied at every jit site by ``segjax.runtime.jit``);
+``BilinearConvTranspose``'s ``impl="subpixel"`` calls the model op
+:func:`segjax.ops.resample.conv_transpose_subpixel`.
 """
 
 from collections.abc import Callable, Sequence

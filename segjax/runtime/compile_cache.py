@@ -12,14 +12,15 @@ Where the cache lives, first match wins:
    ``none``) turns the cache off; ``on`` (``1``, ``true``, ``yes``) turns it on at the
    directory the config or the default names; anything else is the directory. It overrides
    the config, so that a test session or a cluster job can redirect every command at once.
-2. ``config.compile_cache``: ``enabled=False`` turns it off; a non-empty ``dir`` is the
+2. ``config.runtime.compile_cache``: ``enabled=False`` turns it off; a non-empty ``dir`` is the
    directory.
 3. ``JAX_COMPILATION_CACHE_DIR``, when the user already keeps a JAX cache.
 4. ``$XDG_CACHE_HOME/segjax/jax``, else ``~/.cache/segjax/jax``.
 
 A cached executable is the one XLA compiled for the same key: JAX hashes the lowered program
-(so ``config.conv_impl``, which changes the traced convolutions, changes it), the compile
-options (``config.cpu_scheduler`` reaches XLA as a compile option of ``segjax.ops.jit``),
+(so ``config.runtime.conv_impl``, which changes the traced convolutions, changes it), the
+compile options (``config.runtime.cpu_scheduler`` reaches XLA as a compile option of
+``segjax.runtime.jit``),
 ``XLA_FLAGS``, the jax/jaxlib version and the devices. Results are therefore bitwise those
 of a fresh compile. The cache is trusted code: keep it in a directory only you can write
 (it is created with mode 0700). ``rm -rf`` the directory to empty it; it has no size limit.
@@ -36,13 +37,14 @@ from absl import logging
 from jax import monitoring
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
+from segjax.errors import ConfigError
 from segjax.runtime import host_heap
 
 ENV_VAR = "SEGJAX_COMPILE_CACHE"
 OFF_VALUES = frozenset({"off", "0", "false", "no", "none"})
 ON_VALUES = frozenset({"on", "1", "true", "yes"})
 
-# segjax.config's compile_cache defaults (a test checks they agree), for callers without a
+# segjax.config's runtime.compile_cache defaults (a test checks they agree), for callers without a
 # config (benchmarks); repeated here so that this module imports without TensorFlow.
 DEFAULT_SETTINGS = {"enabled": True, "dir": "", "min_compile_time_secs": 0.0}
 
@@ -68,8 +70,9 @@ def default_dir(environ: Mapping[str, str] | None = None) -> str:
 
 
 def _settings(config: Any) -> dict:
-    """``config.compile_cache`` (root ConfigDict, the block itself, or None) as a dict."""
-    block = getattr(config, "compile_cache", config)
+    """``config.runtime.compile_cache`` (root ConfigDict, its ``runtime`` block, the block
+    itself, or None) as a dict."""
+    block = getattr(getattr(config, "runtime", config), "compile_cache", config)
     if block is None:
         return dict(DEFAULT_SETTINGS)
     get = block.get if hasattr(block, "get") else lambda k, d: getattr(block, k, d)
@@ -77,19 +80,19 @@ def _settings(config: Any) -> dict:
 
 
 def resolve(config: Any = None, environ: Mapping[str, str] | None = None) -> CacheChoice:
-    """Where the cache goes for ``config`` (root ConfigDict or its ``compile_cache`` block;
-    None: the defaults) and ``environ`` (default ``os.environ``), in the order of the module
-    docstring. Directories are made absolute; nothing is created.
+    """Where the cache goes for ``config`` (root ConfigDict, its ``runtime`` block or
+    ``runtime.compile_cache``; None: the defaults) and ``environ`` (default ``os.environ``), in
+    the order of the module docstring. Directories are made absolute; nothing is created.
 
     Raises:
-      ValueError: ``min_compile_time_secs`` is negative.
+      ConfigError: ``min_compile_time_secs`` is negative.
     """
     environ = os.environ if environ is None else environ
     settings = _settings(config)
     min_secs = float(settings["min_compile_time_secs"])
     if min_secs < 0:
-        raise ValueError(
-            f"config.compile_cache.min_compile_time_secs={min_secs}: expected a number >= 0"
+        raise ConfigError(
+            f"config.runtime.compile_cache.min_compile_time_secs={min_secs}: expected a number >= 0"
         )
 
     def choice(directory: str | None, source: str) -> CacheChoice:
@@ -103,9 +106,9 @@ def resolve(config: Any = None, environ: Mapping[str, str] | None = None) -> Cac
     if env_value and env_value.lower() not in ON_VALUES:
         return choice(env_value, ENV_VAR)
     if not settings["enabled"] and not env_value:
-        return choice(None, "config.compile_cache.enabled")
+        return choice(None, "config.runtime.compile_cache.enabled")
     if settings["dir"]:
-        return choice(settings["dir"], "config.compile_cache.dir")
+        return choice(settings["dir"], "config.runtime.compile_cache.dir")
     if environ.get("JAX_COMPILATION_CACHE_DIR"):
         return choice(environ["JAX_COMPILATION_CACHE_DIR"], "JAX_COMPILATION_CACHE_DIR")
     return choice(default_dir(environ), "default")
@@ -142,7 +145,7 @@ def setup(config: Any = None, environ: Mapping[str, str] | None = None) -> str |
     cache); an unwritable directory the user named is an error.
 
     Raises:
-      ValueError: the directory given by ``SEGJAX_COMPILE_CACHE`` or the config cannot be
+      ConfigError: the directory given by ``SEGJAX_COMPILE_CACHE`` or the config cannot be
         created or written; ``min_compile_time_secs`` is negative.
     """
     chosen = resolve(config, environ)
@@ -164,7 +167,7 @@ def setup(config: Any = None, environ: Mapping[str, str] | None = None) -> str |
         jax.config.update("jax_enable_compilation_cache", False)
         return None
     if problem:
-        raise ValueError(f"{chosen.source}: compile cache directory {chosen.directory}: {problem}")
+        raise ConfigError(f"{chosen.source}: compile cache directory {chosen.directory}: {problem}")
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", chosen.directory)
     # JAX's default (1 s) leaves the many small jits of a run (slices, RNG seeds, metric

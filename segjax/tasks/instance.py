@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import logs, ops, sharding
+from segjax import logs, runtime, sharding
 from segjax.evaluation import coco_eval, visualize
 from segjax.input import pipeline
 from segjax.models.maskrcnn import losses as maskrcnn_losses
@@ -164,7 +164,7 @@ class InstanceTask:
                 variables, batch["image"], batch["image_size"], batch["original_size"]
             )
 
-        return ops.jit(forward, config, out_shardings=sharding.batch_sharding(mesh))
+        return runtime.jit(forward, config, out_shardings=sharding.batch_sharding(mesh))
 
     def evaluate(self, eval_step, variables, stream, mesh, keep_preds: int = 0):
         """Runs ``eval_step`` over every batch of ``stream`` (an

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import logs, losses, ops, sharding
+from segjax import logs, losses, runtime, sharding
 from segjax.data.image_io import DataError
 from segjax.evaluation import inference, metrics
 from segjax.input import pipeline
@@ -182,7 +182,7 @@ class SemanticTask:
     def compile_eval_step(self, model, config, mesh, options=None) -> Callable:
         """The jitted :func:`make_eval_step` of ``config`` — the one used by in-training
         evaluation and by ``segjax.evaluate``, so both trace the same convolution path
-        (:func:`segjax.ops.jit`)."""
+        (:func:`segjax.runtime.jit`)."""
         step = make_eval_step(
             model,
             config.model.num_classes,
@@ -191,7 +191,7 @@ class SemanticTask:
             std=tuple(config.data.std),
         )
         repl = sharding.replicated(mesh)
-        return ops.jit(step, config, out_shardings=(repl, sharding.batch_sharding(mesh), repl))
+        return runtime.jit(step, config, out_shardings=(repl, sharding.batch_sharding(mesh), repl))
 
     def evaluate(self, eval_step, variables, stream, mesh, keep_preds: int = 0) -> EvalResult:
         """Runs ``eval_step`` (:meth:`compile_eval_step`) over every batch of ``stream``.

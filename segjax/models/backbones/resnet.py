@@ -40,7 +40,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segjax import ops
 from segjax.models.layers import batch_norm, conv_init, same_padding
 
 Dtype = Any
@@ -161,9 +160,9 @@ class _Block(nn.Module):
         return self.norm(train, self.dtype, name="downsample_bn")(x)
 
     def output(self, out: jax.Array, x: jax.Array, train: bool) -> jax.Array:
-        """``relu(out + shortcut(x))``, stored once: XLA:CPU would otherwise recompute the
-        residual stream, block after block, in every consumer (:func:`segjax.ops.materialize`)."""
-        return ops.materialize(nn.relu(out + self.shortcut(x, train)))
+        """``relu(out + shortcut(x))``: the block's output, the residual stream (a method of its
+        own, so that a backend rewrite can find it: ``segjax.xla_cpu.RESIDUAL_BLOCK_OUTPUTS``)."""
+        return nn.relu(out + self.shortcut(x, train))
 
 
 class Bottleneck(_Block):

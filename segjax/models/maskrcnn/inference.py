@@ -1,36 +1,35 @@
 """Jitted Mask R-CNN inference and a host loop over images of mixed sizes.
 
 :func:`inference_fn` is the one compiled forward pass (padded batch in, padded detections out),
-traced under :func:`segjax.ops.jit`'s convolution switch. :func:`predict_images` runs it over a
-list of images: each image goes to its own bucket (:meth:`ImageTransform.bucket_for` of one
-image, so batches never need the mixed-orientation fallback), batches are filled to a fixed
-``batch_size`` by repeating the last image, and the results are stripped of padding and
-optionally pasted at the original size. Compiles: at most one per bucket used (five by default)
-for the model, plus one mask paste per distinct original size rounded up to 256.
+jitted by :func:`segjax.runtime.jit` with a config's backend settings. :func:`predict_images`
+runs it over a list of images: each image goes to its own bucket
+(:meth:`ImageTransform.bucket_for` of one image, so batches never need the mixed-orientation
+fallback), batches are filled to a fixed ``batch_size`` by repeating the last image, and the
+results are stripped of padding and optionally pasted at the original size. Compiles: at most
+one per bucket used (five by default) for the model, plus one mask paste per distinct original
+size rounded up to 256.
 """
 
-import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from segjax import ops
+from segjax import runtime
 from segjax.models.maskrcnn.model import MaskRCNN
 from segjax.models.maskrcnn.transform import check_image, paste_masks
 
 
 def inference_fn(
-    model: MaskRCNN, *, conv_impl: str = "auto", cpu_scheduler: str = "memory", **jit_kwargs
+    model: MaskRCNN, config: Any = None, **jit_kwargs
 ) -> Callable[..., dict[str, jax.Array]]:
     """``fn(variables, images, image_sizes, original_sizes) -> detections``, jitted.
 
     Args:
       model: the module.
-      conv_impl: :func:`segjax.ops.jit`'s convolution implementation (``"auto"``: matmul
-        forms on CPU).
-      cpu_scheduler: XLA:CPU scheduler (:func:`segjax.ops.compiler_options`).
+      config: whose ``runtime`` backend settings to compile with: a root ConfigDict, its
+        ``runtime`` block, or None for the defaults (:func:`segjax.runtime.jit`).
       **jit_kwargs: passed to ``jax.jit`` (``in_shardings`` …); without them the inputs'
         shardings are followed (a batch sharded over a mesh stays sharded).
 
@@ -41,8 +40,7 @@ def inference_fn(
     def forward(variables, images, image_sizes, original_sizes):
         return model.apply(variables, images, image_sizes, original_sizes, train=False)
 
-    settings = types.SimpleNamespace(conv_impl=conv_impl, cpu_scheduler=cpu_scheduler)
-    return ops.jit(forward, settings, **jit_kwargs)
+    return runtime.jit(forward, config, **jit_kwargs)
 
 
 def _unpad(detections: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:

@@ -11,17 +11,17 @@ slower than the forward conv, and ~50× for transposed convs (docs/PERFORMANCE.m
 * depthwise convs as sums of shifted, per-channel scaled slices (one fused loop);
 * atrous convs whose taps mostly read padding (ASPP rates 12/24/36 on 32×32 maps) as shifted
   matmuls over the output regions each tap really reaches;
-* dense stride-1 3×3 convs (≥ 64 channels) as Winograd F(m×m, 3×3) (:mod:`segjax.ops.winograd`;
+* dense stride-1 3×3 convs (≥ 64 channels) as Winograd F(m×m, 3×3) (:mod:`segjax.xla_cpu.winograd`;
   m = 2 by default, 4 under ``winograd.output_tile_scope(4)``): 16 GEMMs per conv with 2.25×
   fewer multiply-adds (36 with 4× fewer for m = 4), forward and both gradients.
 
-:func:`segjax.ops.conv_impl_scope` routes every traced ``nn.Conv`` through it.
+:func:`segjax.xla_cpu.conv_impl_scope` routes every traced ``nn.Conv`` through it.
 """
 
 import jax
 import jax.numpy as jnp
 
-from segjax.ops.winograd import after, conv3x3_winograd, use_winograd
+from segjax.xla_cpu.winograd import after, conv3x3_winograd, use_winograd
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -283,7 +283,7 @@ def conv_general_dilated_gemm(
     transposed, ones only with unit strides and kernel dilation and explicit padding, which is
     what ``lax.conv_transpose`` produces); everything else falls through to
     ``lax.conv_general_dilated``. Pass it to
-    ``nn.Conv(conv_general_dilated=...)`` or use :func:`segjax.ops.conv_impl_scope`.
+    ``nn.Conv(conv_general_dilated=...)`` or use :func:`segjax.xla_cpu.conv_impl_scope`.
     """
     nd = lhs.ndim - 2
     lhs_dilation = tuple(lhs_dilation or (1,) * nd)
