@@ -66,7 +66,7 @@ import numpy as np
 
 from benchmarks import common, torchvision_step
 from segjax import config as config_lib
-from segjax import optim, runtime, sharding, trainer, xla_cpu
+from segjax import optim, runtime, sharding, tasks, trainer, xla_cpu
 from segjax.runtime import host_devices, host_heap
 from segjax.xla_cpu import winograd
 
@@ -185,14 +185,14 @@ def benchmark_config(
 def train_setup(model, batch: int, size: int, **settings):
     """The benchmark's train step ingredients: ``(net, name, config, tx, schedule, state, data)``.
 
-    ``model`` is a name from ``segjax.models.names()`` (built by ``trainer.create_model``) or a
+    ``model`` is a name from ``segjax.models.names()`` (built by ``tasks.create_model``) or a
     ``flax.linen.Module`` following the model contract; ``settings`` are
     :func:`benchmark_config`'s keywords. The state (:func:`he_init_state`) and random data are
     on the default device; ``benchmarks/profile_step.py`` profiles the same step.
     """
     named = isinstance(model, str)
     cfg = benchmark_config(model if named else None, batch, size, **settings)
-    net = trainer.create_model(cfg) if named else model
+    net = tasks.create_model(cfg) if named else model
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
     state = he_init_state(net, tx, cfg)
     images, labels = common.random_batch(batch, size, cfg.model.num_classes)

@@ -12,6 +12,8 @@ interrupted save never becomes the latest checkpoint; stale temporary directorie
 when the manager opens.
 """
 
+import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from segjax import sharding, tasks
 from segjax.errors import CheckpointMismatchError, ConfigError, MissingFileError
 from segjax.sharding import path_to_str
 
@@ -147,7 +150,7 @@ def restore_variables(
 
     Args:
       abstract_variables: ``{"params": …, "batch_stats": …}`` of ``jax.ShapeDtypeStruct`` with
-        shardings (:func:`segjax.trainer.abstract_variables`).
+        shardings (:func:`abstract_variables`).
       checkpoint_dir: a train-state checkpoints directory (``WORKDIR/checkpoints``, one
         sub-directory per step) or a variables checkpoint (:func:`save_variables`, e.g.
         imported torchvision weights; arrays the model does not use are ignored).
@@ -251,3 +254,62 @@ def merge_pretrained(variables: dict, pretrained: dict) -> tuple[dict, dict]:
     merged = jax.tree_util.tree_map_with_path(pick, variables)
     report["unused"] = sorted(set(flat_pre) - used)
     return merged, report
+
+
+def restore_target(abstract: Any, shardings: Any) -> Any:
+    """``abstract`` (a tree of shapes and dtypes) with ``shardings`` attached: a restore target."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def abstract_variables(model, config, mesh) -> dict:
+    """The model's variables as ``jax.ShapeDtypeStruct`` with training's shardings on ``mesh``
+    (its task's ``init_variables``, traced): the restore target for inference (no optimiser is
+    built)."""
+    init = functools.partial(tasks.for_config(config).init_variables, model, config)
+    abstract = jax.eval_shape(init, jax.random.key(config.seed))
+    shardings = sharding.state_shardings(
+        abstract, mesh, config.mesh.rules, config.mesh.min_shard_size
+    )
+    return restore_target(abstract, shardings)
+
+
+@dataclasses.dataclass
+class InferenceModel:
+    """A model restored for inference: the module, its variables on ``mesh``, and the step of
+    the train-state checkpoint they came from (None for a variables checkpoint)."""
+
+    model: Any
+    variables: dict
+    step: int | None
+    mesh: Any
+
+
+def load_for_inference(
+    config,
+    *,
+    workdir: str | None = None,
+    checkpoint_dir: str | None = None,
+    step: int | None = None,
+    mesh=None,
+) -> InferenceModel:
+    """The model of ``config`` (:func:`segjax.tasks.create_model`) with variables restored from
+    ``checkpoint_dir`` (a train-state ``checkpoints/`` directory or a variables checkpoint) or,
+    without it, from ``workdir``'s checkpoints; the latest step unless ``step`` is given. Only
+    the variables are read (:func:`restore_variables`): no optimiser or train step is built,
+    and the training stack (``segjax.trainer``, ``segjax.optim``, optax) is not imported.
+
+    Raises:
+      ConfigError: neither ``workdir`` nor ``checkpoint_dir``.
+      MissingFileError, CheckpointMismatchError: see :func:`restore_variables`.
+    """
+    if checkpoint_dir is None:
+        if not workdir:
+            raise ConfigError("load_for_inference: give workdir or checkpoint_dir")
+        checkpoint_dir = os.path.join(workdir, "checkpoints")
+    mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+    model = tasks.create_model(config)
+    target = abstract_variables(model, config, mesh)
+    variables, step = restore_variables(target, checkpoint_dir, step)
+    return InferenceModel(model, variables, step, mesh)

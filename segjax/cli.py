@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segjax import errors, sharding, trainer
+from segjax import checkpoint, errors, sharding
 from segjax.evaluation import inference
 from segjax.logs import fail
 from segjax.runtime import compile_cache, host_devices
@@ -35,7 +35,6 @@ __all__ = [
     "define_multiprocess_flags",
     "define_run_flags",
     "fail",
-    "inference_options",
     "load_model",
     "parse_flags",
     "require_config",
@@ -102,43 +101,11 @@ def define_multiprocess_flags() -> types.SimpleNamespace:
     )
 
 
-def inference_options(config: ml_collections.ConfigDict, f) -> inference.InferenceOptions:
-    """:class:`segjax.evaluation.inference.InferenceOptions` from the
-    :func:`define_inference_flags` values."""
-    return inference.options_for(
-        config,
-        mode=f.mode.value,
-        crop=f.crop.value,
-        stride=f.stride.value,
-        tile_batch=f.tile_batch.value,
-        tile_size=f.tile_size.value,
-        scales=f.scales.value,
-        flip=f.flip.value,
-        crf=f.crf.value,
-    )
-
-
-# Inference flags that only the semantic path reads.
-SEMANTIC_FLAGS = ("mode", "crop", "stride", "tile_batch", "tile_size", "scales", "flip", "crf")
-
-
-def require_no_semantic_flags(model_name: str, instead: str = "") -> None:
-    """Raises ConfigError naming the semantic-only inference flags given for an instance model
-    (it runs on whole images); ``instead`` names the flags that do apply."""
-    given = [f"--{name}" for name in SEMANTIC_FLAGS if flags.FLAGS[name].present]
-    if given:
-        hint = f" (use {instead})" if instead else ""
-        raise errors.ConfigError(
-            f"{', '.join(given)}: semantic-segmentation options; the instance model "
-            f"{model_name!r} predicts whole images{hint}"
-        )
-
-
-def load_model(config: ml_collections.ConfigDict, f) -> trainer.InferenceModel:
+def load_model(config: ml_collections.ConfigDict, f) -> checkpoint.InferenceModel:
     """The model of ``--config`` restored from ``--checkpoint`` or the ``--workdir``'s latest
-    (or ``--step``) checkpoint (:func:`segjax.trainer.load_for_inference`); ``f`` holds the
+    (or ``--step``) checkpoint (:func:`segjax.checkpoint.load_for_inference`); ``f`` holds the
     run and checkpoint flags."""
-    return trainer.load_for_inference(
+    return checkpoint.load_for_inference(
         config, workdir=f.workdir.value, checkpoint_dir=f.checkpoint.value, step=f.step.value
     )
 

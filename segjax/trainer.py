@@ -2,10 +2,14 @@
 
 Start-up order (as big_vision): mesh → data → model/optimizer → ``jax.eval_shape`` of the
 state → shardings → ``jit(init, out_shardings)`` or restore → ``jit(step, donate state)``.
+
+Everything task-specific (data check, train stream, loss, evaluation, logs) is the model's
+task's (:class:`segjax.tasks.Task`, looked up from the config); the trainer never asks which
+task it is. Building a model and restoring it for inference live outside the training stack
+(:func:`segjax.tasks.create_model`, :func:`segjax.checkpoint.load_for_inference`).
 """
 
-import dataclasses
-import functools
+import collections
 import math
 import os
 import signal
@@ -21,13 +25,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from segjax import checkpoint, logs, models, optim, runtime, sharding, tasks
+from segjax import checkpoint, logs, optim, runtime, sharding, tasks
 from segjax import data as data_lib
 from segjax.errors import NonFiniteError
-from segjax.input import pipeline
 from segjax.runtime import compile_cache
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @flax.struct.dataclass
@@ -41,35 +42,13 @@ class TrainState:
     nonfinite: jax.Array  # number of updates skipped because of a non-finite loss/gradient
 
 
-def compute_dtype(config: ml_collections.ConfigDict):
-    """The compute dtype named by ``config.dtype``."""
-    if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype {config.dtype!r} unknown; expected one of {list(DTYPES)}")
-    return DTYPES[config.dtype]
-
-
-def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-    """The model of ``config.model`` in the config's compute dtype, as its task configures it
-    (instance models resize images as ``config.data.instances`` says)."""
-    model = models.create(
-        config.model.name,
-        num_classes=config.model.num_classes,
-        dtype=compute_dtype(config),
-        **config.model.kwargs.to_dict(),
-    )
-    return tasks.for_model(model).configure_model(model, config)
-
-
-def init_variables(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
-    """The model's variables ``{"params", "batch_stats"}`` as its task initialises them."""
-    return tasks.for_model(model).init_variables(model, config, rng)
-
-
 def make_init_fn(model, tx, config):
     """``rng → TrainState`` (pure; jit it with ``out_shardings`` to create it sharded)."""
 
+    task = tasks.for_config(config)
+
     def init(rng):
-        variables = init_variables(model, config, rng)
+        variables = task.init_variables(model, config, rng)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=variables["params"],
@@ -92,14 +71,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     """
     accum = int(config.train.grad_accum_steps)
     base_rng = jax.random.key(config.seed)
-    task = tasks.for_model(model)
+    task = tasks.for_config(config)
     # Built (and validated) here, so a bad loss config fails before anything compiles.
     grad_fn = jax.value_and_grad(task.loss_fn(model, config), has_aux=True)
-    fields = ("image", *task.loss_fields)
 
     def step_fn(state: TrainState, batch):
         rng = jax.random.fold_in(base_rng, state.step)
-        batch = {k: v for k, v in batch.items() if k in fields}
+        batch = task.loss_inputs(batch)
         if accum == 1:
             (loss, (batch_stats, terms)), grads = grad_fn(
                 state.params, state.batch_stats, batch, rng
@@ -164,91 +142,12 @@ def _accumulate(grad_fn, state: TrainState, batch: dict, rng, accum: int):
     return loss / accum, batch_stats, terms, grads
 
 
-def check_dataset(config: ml_collections.ConfigDict, info, model: nn.Module | None = None) -> None:
-    """Raises ValueError when the dataset does not fit the model (its task's check: class
-    count, semantic or instance data)."""
-    model = model if model is not None else create_model(config)
-    tasks.for_model(model).check_dataset(config, info)
-
-
 def variables_of(state: TrainState) -> dict:
     """The model variables (``params`` and, for models with BatchNorm, ``batch_stats``)."""
     variables = {"params": state.params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     return variables
-
-
-def abstract_variables(model: nn.Module, config: ml_collections.ConfigDict, mesh) -> dict:
-    """The model's variables as ``jax.ShapeDtypeStruct`` with training's shardings on ``mesh``:
-    the restore target for inference (no optimiser is built)."""
-    abstract = jax.eval_shape(
-        functools.partial(init_variables, model, config), jax.random.key(config.seed)
-    )
-    shardings = sharding.state_shardings(
-        abstract, mesh, config.mesh.rules, config.mesh.min_shard_size
-    )
-    return _with_shardings(abstract, shardings)
-
-
-def _with_shardings(abstract, shardings):
-    """``abstract`` (a tree of shapes and dtypes) with ``shardings`` attached: a restore target."""
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
-
-
-@dataclasses.dataclass
-class InferenceModel:
-    """A model restored for inference: the module, its variables on ``mesh``, and the step of
-    the train-state checkpoint they came from (None for a variables checkpoint)."""
-
-    model: nn.Module
-    variables: dict
-    step: int | None
-    mesh: Any
-
-
-def load_for_inference(
-    config: ml_collections.ConfigDict,
-    *,
-    workdir: str | None = None,
-    checkpoint_dir: str | None = None,
-    step: int | None = None,
-    mesh=None,
-) -> InferenceModel:
-    """The model of ``config`` with variables restored from ``checkpoint_dir`` (a train-state
-    ``checkpoints/`` directory or a variables checkpoint) or, without it, from ``workdir``'s
-    checkpoints; the latest step unless ``step`` is given. Only the variables are read
-    (:func:`segjax.checkpoint.restore_variables`): no optimiser or train step is built.
-
-    Raises:
-      ValueError: neither ``workdir`` nor ``checkpoint_dir``.
-      FileNotFoundError, checkpoint.CheckpointMismatchError: see ``restore_variables``.
-    """
-    if checkpoint_dir is None:
-        if not workdir:
-            raise ValueError("load_for_inference: give workdir or checkpoint_dir")
-        checkpoint_dir = os.path.join(workdir, "checkpoints")
-    mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
-    model = create_model(config)
-    target = abstract_variables(model, config, mesh)
-    variables, step = checkpoint.restore_variables(target, checkpoint_dir, step)
-    return InferenceModel(model, variables, step, mesh)
-
-
-def compile_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh, options=None):
-    """The jitted eval step of ``model``'s task (:mod:`segjax.tasks`) — the one used by
-    in-training evaluation and by ``segjax.evaluate``, so both trace the same convolution path
-    (:func:`segjax.runtime.jit`)."""
-    return tasks.for_model(model).compile_eval_step(model, config, mesh, options)
-
-
-def evaluate(eval_step, variables, stream, mesh, keep_preds: int = 0, *, model: nn.Module):
-    """The one evaluation loop of ``model``'s task over ``stream`` (its ``eval_stream``): the
-    task's result (``summary()``, ``num_images``, ``examples``), every image of the split
-    counted once on any number of processes."""
-    return tasks.for_model(model).evaluate(eval_step, variables, stream, mesh, keep_preds)
 
 
 class Trainer:
@@ -258,8 +157,8 @@ class Trainer:
         self.config = config
         self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
         sharding.check_batches_fit(config, self.mesh)
-        self.model = create_model(config)
-        self.task = tasks.for_model(self.model)
+        self.task = tasks.for_config(config)
+        self.model = tasks.create_model(config)
         self.tx, self.schedule = optim.make_optimizer(
             config.optim, config.train.num_steps, self.task.trainable(self.model)
         )
@@ -278,7 +177,7 @@ class Trainer:
             out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
             donate_argnums=0,
         )
-        self.eval_step = compile_eval_step(self.model, config, self.mesh)
+        self.eval_step = self.task.compile_eval_step(self.model, config, self.mesh)
 
     def init_state(self) -> TrainState:
         """A freshly initialised, sharded state (optionally starting from ``init_from``)."""
@@ -310,7 +209,7 @@ class Trainer:
 
     def abstract_with_shardings(self):
         """The abstract state with shardings attached (the restore target)."""
-        return _with_shardings(self.abstract_state, self.state_shardings)
+        return checkpoint.restore_target(self.abstract_state, self.state_shardings)
 
     def evaluate(self, state: TrainState, stream, keep_preds: int = 0):
         """The task's evaluation of ``state``'s variables with this run's compiled eval step."""
@@ -369,11 +268,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Raises:
       NonFiniteError: more non-finite updates than ``train.max_nonfinite_skips``.
       checkpoint.CheckpointMismatchError: the workdir's checkpoint does not fit the model.
-      ValueError: the dataset does not fit the model (classes, semantic vs instance data).
+      ConfigError: the dataset does not fit the model (its task's check: classes, semantic vs
+        instance data).
     """
     os.makedirs(workdir, exist_ok=True)
     source = data_lib.get_source(config.data)
-    check_dataset(config, source.info)
+    tasks.for_config(config).check_dataset(config, source.info)
     training = _TrainingRun(config, workdir, source)
     try:
         return training.execute()
@@ -467,8 +367,8 @@ class _TrainingRun:
 
     def train(self, state: TrainState, start: int, num_steps: int):
         """The training loop from ``start``: ``(state, last step, preempted)``."""
-        cfg = self.config.train
-        batches = pipeline.train_iterator(
+        cfg, task = self.config.train, self.trainer.task
+        batches = task.train_stream(
             self.source,
             self.config,
             start_step=start,
@@ -477,16 +377,14 @@ class _TrainingRun:
         )
         progress = logs.Progress(start, num_steps, cfg.batch_size)
         guard = _NonFiniteGuard(start, int(jax.device_get(state.nonfinite)), cfg)
-        fields = ("image", *self.trainer.task.loss_fields)
-        pending, step, dropped = [], start, 0
+        pending, step = [], start
+        counts = collections.Counter()  # the task's host-side batch counts since the last log
         step_fn = None  # compiled ahead of time at the first batch (compile_and_release)
         with _StopSignal() as stop:
             while step < num_steps:
                 host_batch = next(batches)
-                # Instances beyond data.instances.max_instances (overflow="drop_smallest").
-                dropped += int(np.sum(host_batch.get("num_dropped", 0)))
-                host_batch = {k: v for k, v in host_batch.items() if k in fields}
-                batch = sharding.host_to_global(host_batch, self.trainer.mesh)
+                counts.update(task.batch_counts(host_batch))
+                batch = sharding.host_to_global(task.loss_inputs(host_batch), self.trainer.mesh)
                 if step_fn is None:
                     step_fn = compile_cache.compile_and_release(
                         self.trainer.train_step, state, batch
@@ -496,8 +394,8 @@ class _TrainingRun:
                 pending.append(step_metrics)
                 if step % cfg.log_every == 0 or step == num_steps:
                     guard.check(state, step)
-                    self.log_train(step, jax.device_get(pending), progress, dropped)
-                    pending, dropped = [], 0
+                    self.log_train(step, jax.device_get(pending), progress, counts)
+                    pending, counts = [], collections.Counter()
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < num_steps:
                     self.evaluate(state, step)
                 saved = step % cfg.checkpoint_every == 0 or step == num_steps
@@ -510,21 +408,18 @@ class _TrainingRun:
         return state, step, False
 
     def log_train(
-        self, step: int, fetched: list, progress: logs.Progress, dropped: int = 0
+        self, step: int, fetched: list, progress: logs.Progress, counts: dict | None = None
     ) -> None:
         """Writes the mean finite loss (and loss terms) since the last log line, grad norm and
-        learning rate; ``dropped``: instances this process dropped over the maximum since."""
+        learning rate; ``counts``: the task's batch counts of this process since then, logged
+        as the task says (:meth:`segjax.tasks.Task.count_lines`)."""
         row = {k: _finite_mean([m[k] for m in fetched]) for k in fetched[-1] if k not in _LAST}
         row.update({k: float(fetched[-1][k]) for k in _LAST})
         row.update(progress.update(step))
         self.logger.write(step, row)
         logs.info(progress.line(step, row["loss"]))
-        if dropped:
-            logs.info(
-                f"dropped the {dropped} smallest instance(s) of images with more than "
-                f"data.instances.max_instances={self.config.data.instances.max_instances} "
-                "since the last log line (data.instances.overflow='drop_smallest')"
-            )
+        for line in self.trainer.task.count_lines(counts or {}, self.config):
+            logs.info(line)
 
 
 # Train metrics logged at their last value (the others are averaged since the last log line).

@@ -76,18 +76,18 @@ def test_restore_variables_reads_only_the_model_variables(tiny_config, tmp_path,
     monkeypatch.setattr(
         trainer.optim, "make_optimizer", lambda *a, **k: pytest.fail("optimiser built")
     )
-    restored = trainer.load_for_inference(tiny_config, workdir=str(tmp_path))
+    restored = checkpoint.load_for_inference(tiny_config, workdir=str(tmp_path))
     assert restored.step == 3 and set(restored.variables) == {"params", "batch_stats"}
     chex.assert_trees_all_equal(jax.device_get(restored.variables["params"]), state.params)
     chex.assert_trees_all_equal(
         jax.device_get(restored.variables["batch_stats"]), state.batch_stats
     )
     with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .* steps: \[3\]"):
-        trainer.load_for_inference(tiny_config, workdir=str(tmp_path), step=7)
+        checkpoint.load_for_inference(tiny_config, workdir=str(tmp_path), step=7)
     # A variables checkpoint with an extra array the model does not use restores too.
     extra = {"params": dict(state.params, unused_head={"kernel": np.ones(3, np.float32)})}
     checkpoint.save_variables(str(tmp_path / "vars"), dict(extra, batch_stats=state.batch_stats))
-    from_vars = trainer.load_for_inference(tiny_config, checkpoint_dir=str(tmp_path / "vars"))
+    from_vars = checkpoint.load_for_inference(tiny_config, checkpoint_dir=str(tmp_path / "vars"))
     assert from_vars.step is None and "unused_head" not in from_vars.variables["params"]
 
 
@@ -109,4 +109,4 @@ def test_checkpoint_of_another_model_is_one_clear_error(tiny_config, tmp_path):
     )
     assert first in message and first.startswith("params/")
     with pytest.raises(checkpoint.CheckpointMismatchError, match="does not fit"):
-        trainer.load_for_inference(wider, workdir=str(tmp_path))
+        checkpoint.load_for_inference(wider, workdir=str(tmp_path))

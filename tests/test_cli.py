@@ -5,7 +5,7 @@ import importlib
 import pytest
 from absl import flags
 
-from segjax import cli
+from segjax import cli, tasks
 from segjax.config import base_config
 from segjax.evaluation import inference
 
@@ -26,7 +26,7 @@ def test_inference_options_from_flags():
     f = cli.define_inference_flags()
     flags.FLAGS(["prog", "--mode=slide", "--crop=32", "--scales=0.5,1", "--flip"], known_only=True)
     try:
-        options = cli.inference_options(base_config(), f)
+        options = tasks.get("semantic").inference_options(base_config(), f)
     finally:
         flags.FLAGS.unparse_flags()
     assert options == inference.InferenceOptions(

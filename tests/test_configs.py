@@ -5,7 +5,7 @@ full-size models cost no compile)."""
 import jax
 import pytest
 
-from segjax import optim, recipes, trainer
+from segjax import optim, recipes, tasks, trainer
 from segjax.config import base_config, parse_arg
 from tests.helpers import CONFIG_DIR, config_module
 
@@ -43,8 +43,8 @@ def test_config_builds(path, variant):
         config = module.get_config(arg)
         extra = _keys(config) - schema
         assert not extra, f"{path.name}:{arg} adds keys outside the schema: {sorted(extra)}"
-        model = trainer.create_model(config)
-        task = trainer.tasks.for_model(model)
+        model = tasks.create_model(config)
+        task = tasks.for_config(config)
         tx, _ = optim.make_optimizer(config.optim, config.train.num_steps, task.trainable(model))
         state = jax.eval_shape(trainer.make_init_fn(model, tx, config), jax.random.key(0))
         assert jax.tree.leaves(state.params)

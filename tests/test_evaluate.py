@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import checkpoint, evaluate, sharding, trainer
+from segjax import checkpoint, evaluate, sharding, tasks, trainer
 from segjax import data as data_lib
 from segjax.evaluation import inference
 from segjax.input import pipeline
@@ -48,7 +48,7 @@ def test_evaluate_reproduces_logged_miou_and_writes_outputs(trained_run):
 
 def test_every_image_counted_once_for_any_batch_size(trained_run):
     config, workdir, _ = trained_run
-    restored = trainer.load_for_inference(config, workdir=workdir)
+    restored = checkpoint.load_for_inference(config, workdir=workdir)
     source = data_lib.get_source(config.data)
     labelled = 0
     for ex in source.as_dataset("validation").as_numpy_iterator():
@@ -115,13 +115,13 @@ def test_evaluate_and_training_compile_one_eval_step_with_identical_results(
     config, workdir, _ = trained_run
     assert config.runtime.conv_impl == "auto"  # the GEMM convolutions on this CPU
     compiled = []
-    original = trainer.compile_eval_step
+    original = tasks.SemanticTask.compile_eval_step
 
-    def recording(*args, **kwargs):
-        compiled.append(original(*args, **kwargs))
+    def recording(self, *args, **kwargs):
+        compiled.append(original(self, *args, **kwargs))
         return compiled[-1]
 
-    monkeypatch.setattr(trainer, "compile_eval_step", recording)
+    monkeypatch.setattr(tasks.SemanticTask, "compile_eval_step", recording)
     result = evaluate.run(config, workdir=workdir, output_dir=None)
     (cli_step,) = compiled
 
@@ -143,5 +143,5 @@ def test_evaluate_and_training_compile_one_eval_step_with_identical_results(
     # …and that program is the GEMM one: XLA's plain path has more convolutions in it.
     plain = config.copy_and_resolve_references()
     plain.runtime.conv_impl = "xla"
-    plain_hlo = trainer.compile_eval_step(t.model, plain, t.mesh).lower(variables, batch)
+    plain_hlo = t.task.compile_eval_step(t.model, plain, t.mesh).lower(variables, batch)
     assert training_hlo.count("convolution") < plain_hlo.as_text().count("convolution")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax import checkpoint, export, models, trainer
+from segjax import checkpoint, export, models, tasks
 from tests.helpers import load_config, random_variables
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -47,7 +47,7 @@ def test_uint8_input_and_probabilities(tmp_path):
 
 def test_cli_writes_model_and_metadata(tmp_path):
     config = load_config("quickstart.py")
-    model = trainer.create_model(config)
+    model = tasks.create_model(config)
     variables = random_variables(model, (1, 32, 32, 3))
     checkpoint.save_variables(str(tmp_path / "vars"), variables)
     out = tmp_path / "exported"

@@ -156,10 +156,13 @@ def test_instance_batches_are_the_same_on_any_number_of_processes(tmp_path):
     cfg.data.instances.pad_size, cfg.data.instances.max_instances = (128, 128), 8
     cfg.train.batch_size = 4
     src = _source(cfg)
-    single = _take(pipeline.train_iterator(src, cfg, start_step=7), 1)[0]
+    transform = pipeline.instance_train_transform(cfg)
+    single = _take(pipeline.train_iterator(src, cfg, transform=transform, start_step=7), 1)[0]
     parts = [
         _take(
-            pipeline.train_iterator(src, cfg, start_step=7, process_index=p, process_count=2),
+            pipeline.train_iterator(
+                src, cfg, transform=transform, start_step=7, process_index=p, process_count=2
+            ),
             1,
         )[0]
         for p in range(2)

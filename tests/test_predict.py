@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import checkpoint, predict, trainer
+from segjax import checkpoint, predict, tasks
+from segjax.tasks import semantic_outputs
 from tests.helpers import load_config, random_variables
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -23,7 +24,7 @@ def _config():
 def weights(tmp_path_factory):
     """A variables checkpoint of the quickstart's tiny U-Net (random weights)."""
     config = _config()
-    model = trainer.create_model(config)
+    model = tasks.create_model(config)
     variables = random_variables(model, (1, 32, 32, 3))
     path = str(tmp_path_factory.mktemp("weights") / "vars")
     checkpoint.save_variables(
@@ -54,7 +55,7 @@ def _write_inputs(folder):
 def test_folder_of_mixed_images_writes_three_outputs_each(weights, tmp_path):
     config, path = weights
     sizes = _write_inputs(tmp_path / "images")
-    restored = trainer.load_for_inference(config, checkpoint_dir=path)
+    restored = checkpoint.load_for_inference(config, checkpoint_dir=path)
     assert restored.step is None
     out = tmp_path / "out"
     written, failures = predict.predict_files(
@@ -67,7 +68,7 @@ def test_folder_of_mixed_images_writes_three_outputs_each(weights, tmp_path):
     )
     assert len(failures) == 1 and "broken.jpg" in failures[0]
     assert len(written) == 3 * len(sizes)
-    palette = predict.palette_for(config)
+    palette = semantic_outputs.palette_for(config)
     for stem, (h, w) in sizes.items():
         base = out / "images" / stem
         labels = np.asarray(Image.open(f"{base}_labels.png"))

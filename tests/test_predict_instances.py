@@ -20,11 +20,12 @@ from absl import flags
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from segjax import checkpoint, cli, models, predict, trainer
+from segjax import checkpoint, cli, errors, models, predict, tasks
 from segjax.data import coco_names
 from segjax.data.image_io import DataError
 from segjax.evaluation import inference
 from segjax.models import maskrcnn
+from segjax.tasks import instance_outputs
 from tests.helpers import load_config, random_variables
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -108,10 +109,10 @@ def _painted_ids(masks, scores, threshold):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """The tiny model, its variables, one jitted forward pass shared by segjax.predict and the
-    references (one compilation), and predict_instance_files on a folder of mixed images with a
-    corrupt one."""
+    references (one compilation), and the instance task's image writer on a folder of mixed
+    images with a corrupt one."""
     config = _config()
-    model = trainer.create_model(config)
+    model = tasks.create_model(config)
     # On one device, as predict puts them: variables placed differently would make the
     # references below miss the compilation cache of ``fn``.
     variables = jax.device_put(
@@ -120,15 +121,13 @@ def run(tmp_path_factory):
     fn = maskrcnn.inference_fn(model, config)
     tmp = tmp_path_factory.mktemp("instances")
     _write_images(tmp / "images")
-    written, failures = predict.predict_instance_files(
-        config,
-        variables,
-        model,
+    write = instance_outputs.image_writer(
+        config, variables, model, str(tmp / "out"), score_threshold=THRESHOLD, fn=fn
+    )
+    written, failures = predict.for_each_image(
         [str(tmp / "images")],
-        str(tmp / "out"),
-        score_threshold=THRESHOLD,
+        write,
         progress=False,
-        fn=fn,
     )
     return config, model, variables, fn, tmp, written, failures
 
@@ -247,7 +246,7 @@ def test_detect_api_returns_plain_arrays_from_paths_and_arrays(run):
     _, model, variables, fn, tmp, *_ = run
     path = tmp / "images" / "gray.png"
     image, ref = _reference(model, variables, fn, path)
-    from_path, from_array = predict.detect(model, variables, [str(path), image], fn=fn)
+    from_path, from_array = instance_outputs.detect(model, variables, [str(path), image], fn=fn)
     order = np.argsort(-ref["scores"], kind="stable")
     for got in (from_path, from_array):
         assert set(got) == {"boxes", "scores", "labels", "masks"}
@@ -255,25 +254,25 @@ def test_detect_api_returns_plain_arrays_from_paths_and_arrays(run):
         assert got["masks"].shape == (len(order), 48, 64)
         np.testing.assert_array_equal(got["labels"], ref["labels"][order])
         np.testing.assert_allclose(got["boxes"], ref["boxes"][order], rtol=1e-6)
-    (small,) = predict.detect(model, variables, [image], paste=False, fn=fn)
+    (small,) = instance_outputs.detect(model, variables, [image], paste=False, fn=fn)
     assert small["masks"].shape == (len(order), 28, 28)
     np.testing.assert_array_equal(small["scores"], from_array["scores"])
     with pytest.raises(DataError, match=r"shape \(5, 5\)"):
-        predict.detect(model, variables, [np.zeros((5, 5), np.uint8)], fn=fn)
+        instance_outputs.detect(model, variables, [np.zeros((5, 5), np.uint8)], fn=fn)
     with pytest.raises(ValueError, match="UNet is not an instance model"):
-        predict.detect(models.create("unet_tiny", num_classes=3), {}, [image])
+        instance_outputs.detect(models.create("unet_tiny", num_classes=3), {}, [image])
 
 
 def test_image_ids_and_class_names():
-    assert predict.image_id_for(os.path.join("val2017", "000000397133")) == 397133
-    assert predict.image_id_for(os.path.join("images", "sub", "b")) == "images/sub/b"
+    assert instance_outputs.image_id_for(os.path.join("val2017", "000000397133")) == 397133
+    assert instance_outputs.image_id_for(os.path.join("images", "sub", "b")) == "images/sub/b"
     config = _config()
-    assert predict.class_names_for(config) == ["class 0", "class 1", "class 2", "class 3"]
+    assert instance_outputs.class_names_for(config) == ["class 0", "class 1", "class 2", "class 3"]
     config.model.num_classes = 91
-    assert predict.class_names_for(config)[1] == "person"
+    assert instance_outputs.class_names_for(config)[1] == "person"
     config.data.class_names = ("a", "b")
     with pytest.raises(ValueError, match="class_names has 2 names; expected one per class"):
-        predict.class_names_for(config)
+        instance_outputs.class_names_for(config)
 
 
 def test_an_image_without_detections_gets_empty_outputs(tmp_path):
@@ -284,7 +283,7 @@ def test_an_image_without_detections_gets_empty_outputs(tmp_path):
         "labels": np.zeros((0,), np.int32),
         "masks": np.zeros((0, 28, 28), np.float32),
     }
-    paths = predict.write_instances(image, empty, ["bg", "a"], str(tmp_path / "x"), "x")
+    paths = instance_outputs.write_instances(image, empty, ["bg", "a"], str(tmp_path / "x"), "x")
     assert json.loads(pathlib.Path(paths[0]).read_text()) == []
     ids = np.asarray(Image.open(paths[1]))
     assert ids.shape == (7, 9) and not ids.any()
@@ -332,16 +331,20 @@ def test_predict_files_takes_instance_models_and_refuses_semantic_options(run):
 
 
 def test_semantic_flags_are_refused_for_an_instance_model(monkeypatch):
-    cli.require_no_semantic_flags("maskrcnn_tiny")  # none given
+    config, task = _config(), tasks.get("instance")
+    inference_flags = cli.define_inference_flags()
+    assert task.inference_options(config, inference_flags) is None  # none given
     monkeypatch.setattr(flags.FLAGS["flip"], "present", 1)
     monkeypatch.setattr(flags.FLAGS["scales"], "present", 1)
-    with pytest.raises(ValueError, match=r"^--scales, --flip: semantic-segmentation options"):
-        cli.require_no_semantic_flags("maskrcnn_tiny")
+    with pytest.raises(errors.ConfigError, match=r"^--scales, --flip: semantic-segmentation"):
+        task.inference_options(config, inference_flags)
+    with pytest.raises(ValueError, match=r"whole images \(use --alpha\)$"):
+        task.inference_options(config, inference_flags, instead="--alpha")
 
 
 def test_cli_restores_the_instance_model_and_reports_bad_inputs_by_name(run, tmp_path):
     """The command line end to end up to the images (whose outputs the tests above check):
-    the config, trainer.load_for_inference of a Mask R-CNN variables checkpoint, the flags.
+    the config, checkpoint.load_for_inference of a Mask R-CNN variables checkpoint, the flags.
     Only unreadable inputs, so that nothing compiles."""
     _, _, variables, *_ = run
     ckpt = str(tmp_path / "vars")

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from segjax import checkpoint, errors, optim, trainer
+from segjax import checkpoint, errors, optim, tasks, trainer
 from segjax.config import base_config
 from tests.helpers import assert_bitwise_equal
 
@@ -324,7 +324,7 @@ def _one_step(config, batch):
     """``(state, state after one jitted train step, metrics)``. The variables are random
     NumPy values of the model's shapes: compiling the model's RNG-heavy init would cost more
     than everything else here."""
-    model = trainer.create_model(config)
+    model = tasks.create_model(config)
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     shapes = jax.eval_shape(trainer.make_init_fn(model, tx, config), jax.random.key(0))
     rng = np.random.default_rng(1)
@@ -376,7 +376,7 @@ def test_bfloat16_compute_keeps_float32_state_and_outputs():
     assert metrics["loss"].dtype == jnp.float32 and metrics["grad_norm"].dtype == jnp.float32
     chex.assert_tree_all_finite((state.params, metrics))
 
-    model = trainer.create_model(config)
+    model = tasks.create_model(config)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     apply = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True))
     outputs, inter = apply(variables, batch["image"])
@@ -387,7 +387,7 @@ def test_bfloat16_compute_keeps_float32_state_and_outputs():
     assert len(convs) >= 5 and set(convs.values()) == {jnp.dtype(jnp.bfloat16)}, convs
     # The bfloat16 logits are close to the float32 model's on the same variables.
     config.dtype = "float32"
-    reference = jax.jit(trainer.create_model(config).apply)(variables, batch["image"])["out"]
+    reference = jax.jit(tasks.create_model(config).apply)(variables, batch["image"])["out"]
     np.testing.assert_allclose(outputs["out"], reference, atol=0.1)
 
 

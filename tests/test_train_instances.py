@@ -11,7 +11,6 @@ import pytest
 from segjax import data as data_lib
 from segjax import evaluate as evaluate_cli
 from segjax import optim, sharding, tasks, trainer
-from segjax.input import pipeline
 from segjax.models.maskrcnn import losses as maskrcnn_losses
 
 
@@ -47,9 +46,8 @@ def test_frozen_layers_get_no_update_and_no_optimizer_state(instance_config):
     state = t.init_state()
     before = jax.device_get(state.params)
     source = data_lib.get_source(config.data)
-    batch = next(pipeline.train_iterator(source, config))
-    fields = ("image", *t.task.loss_fields)
-    batch = sharding.host_to_global({k: v for k, v in batch.items() if k in fields}, t.mesh)
+    batch = next(t.task.train_stream(source, config))
+    batch = sharding.host_to_global(t.task.loss_inputs(batch), t.mesh)
     state, step_metrics = t.train_step(state, batch)
     after = jax.device_get(state.params)
     frozen, trained = 0, 0
@@ -76,15 +74,14 @@ def test_eight_devices_train_the_same_losses_as_one(instance_config):
     config = instance_config
     config.train.batch_size = 8
     source = data_lib.get_source(config.data)
-    batches = pipeline.train_iterator(source, config)
+    batches = tasks.for_config(config).train_stream(source, config)
     host = [next(batches) for _ in range(5)]
 
     def losses_on(devices):
         t = trainer.Trainer(config, mesh=sharding.make_mesh(config.mesh, devices))
         state, out = t.init_state(), []
-        fields = ("image", *t.task.loss_fields)
         for b in host:
-            batch = sharding.host_to_global({k: v for k, v in b.items() if k in fields}, t.mesh)
+            batch = sharding.host_to_global(t.task.loss_inputs(b), t.mesh)
             state, m = t.train_step(state, batch)
             out.append([float(m[k]) for k in ("loss", *maskrcnn_losses.LOSS_NAMES)])
         return np.array(out)
@@ -109,14 +106,14 @@ def test_multistep_schedule_and_its_errors():
 
 
 def test_instance_task_is_chosen_by_the_model_and_checks_the_data(instance_config):
-    model = trainer.create_model(instance_config)
-    assert tasks.for_model(model).name == "instance"
+    model = tasks.create_model(instance_config)
+    assert tasks.for_config(instance_config).name == "instance"
     # The model resizes for prediction as the data pipeline does.
     assert (model.transform.min_size, model.transform.max_size) == (64, 64)
     info = data_lib.get_source(instance_config.data).info
     instance_config.model.num_classes = 3
     with pytest.raises(ValueError, match="num_classes=3 but dataset 'instance_shapes' has 4"):
-        trainer.check_dataset(instance_config, info)
+        tasks.for_config(instance_config).check_dataset(instance_config, info)
 
 
 def test_coco_recipe_follows_torchvision():

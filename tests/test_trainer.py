@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from segjax import optim, sharding, trainer
+from segjax import optim, sharding, tasks, trainer
 from segjax.config import base_config
 
 
@@ -32,7 +32,7 @@ class TrainStepTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_step_updates_params_and_batch_stats(self):
         config = _micro_config()
-        model = trainer.create_model(config)
+        model = tasks.create_model(config)
         tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
         state = trainer.make_init_fn(model, tx, config)(jax.random.key(0))
         step = self.variant(trainer.make_train_step(model, tx, schedule, config))

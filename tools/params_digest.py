@@ -44,7 +44,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as workdir:
         trainer.run(config, workdir)
-        restored = trainer.load_for_inference(config, workdir=workdir)
+        restored = checkpoint.load_for_inference(config, workdir=workdir)
         print(f"step {restored.step} params+batch_stats sha256 {digest(restored.variables)}")
         del checkpoint
     sys.stdout.flush()

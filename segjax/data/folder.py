@@ -66,7 +66,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segjax import config as config_lib
-from segjax import losses
 from segjax.data import base, builders, image_io
 from segjax.data.base import Source
 from segjax.data.image_io import DataError
@@ -223,6 +222,10 @@ class WeightMapOptions:
 
     def compute(self, instances: np.ndarray, class_mask: np.ndarray) -> np.ndarray:
         """The float32 ``[H, W]`` weight map of one example."""
+        # Imported here: segjax.losses pulls in optax (the training stack), which reading a
+        # dataset for evaluation or prediction does not need.
+        from segjax import losses
+
         return losses.unet_weight_map(
             instances,
             class_mask,

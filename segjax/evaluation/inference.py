@@ -17,8 +17,8 @@ to fixed variables) and a batch of normalised images ``[B, H, W, 3]``, is pure a
 * :func:`crf_refine` — dense-CRF post-processing of probabilities (:mod:`segjax.evaluation.crf`).
 
 :func:`make_predictor` combines them as configured. Restoring a trained model for inference is
-:func:`segjax.trainer.load_for_inference` (variables only, via :func:`segjax.checkpoint.
-restore_variables`).
+:func:`segjax.checkpoint.load_for_inference` (variables only, via
+:func:`segjax.checkpoint.restore_variables`).
 """
 
 import dataclasses

@@ -102,12 +102,13 @@ def train_iterator(
     source: Source,
     config: ml_collections.ConfigDict,
     *,
+    transform=None,
     start_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless iterator of this process's rows of the global training batches, from
-    ``start_step`` on.
+    ``start_step`` on, each example passed through ``transform``.
 
     The global batch of step ``s`` is a pure function of ``(seed, s, dataset)``, whatever the
     number of processes and devices: position ``g`` of the stream (:func:`global_positions`)
@@ -119,15 +120,16 @@ def train_iterator(
     Args:
       source: the dataset.
       config: the full run config (reads ``seed``, ``data.*``, ``train.batch_size``).
+      transform: ``(position, example) → fields``, chosen by the task's ``train_stream``:
+        :func:`semantic_train_transform` (the default) or :func:`instance_train_transform`.
       start_step: first step to produce (for resuming).
       process_index, process_count: this process and how many share the global batch.
 
     Returns:
       Iterator of ``{"image": float32 [b, h, w, 3], "mask": uint8 [b, h, w]}`` (plus
       ``"weights"`` float32 ``[b, h, w]`` when the source has the U-Net weight map) with
-      ``b = train.batch_size / process_count``; for instance sources
-      (``source.info.task == "instance"``) the fixed-shape fields of
-      :func:`segjax.input.augment_instances.train_transform_instances`.
+      ``b = train.batch_size / process_count``; with :func:`instance_train_transform` the
+      fixed-shape fields of :func:`segjax.input.augment_instances.train_transform_instances`.
     """
     d = config.data
     host_batch = _host_batch(config.train.batch_size, process_count)
@@ -136,10 +138,8 @@ def train_iterator(
     if num_examples == 0:
         raise ValueError(f"split {d.train_split!r} of {source.info.name!r} is empty")
     seed = int(config.seed)
-    if source.info.task == "instance":
-        transform = _instance_train_transform(d, seed)
-    else:
-        transform = _train_transform(d, seed, source.info)
+    if transform is None:
+        transform = semantic_train_transform(config, source.info)
 
     def example_at(position):
         ex = source.decode(reader.read_tf(example_index(position, num_examples, seed)))
@@ -188,9 +188,11 @@ class _Batches:
             batches.close()
 
 
-def _train_transform(d: ml_collections.ConfigDict, seed: int, info):
+def semantic_train_transform(config: ml_collections.ConfigDict, info):
     """``(position, example) → augmented fields``: the semantic training augmentation of
-    ``config.data`` with the per-example seed ``(seed, position)``, labels checked."""
+    ``config.data`` with the per-example seed ``(config.seed, position)``, labels checked
+    against ``info`` (the source's :class:`~segjax.data.base.DatasetInfo`)."""
+    d, seed = config.data, int(config.seed)
     crop_size = tuple(d.crop_size)
     elastic = augment.elastic_from_config(d.elastic)
     # Per-pixel fields besides image and mask that training needs (the border weight map).
@@ -214,11 +216,12 @@ def _train_transform(d: ml_collections.ConfigDict, seed: int, info):
     return transform
 
 
-def _instance_train_transform(d: ml_collections.ConfigDict, seed: int):
+def instance_train_transform(config: ml_collections.ConfigDict):
     """``(position, example) → fixed-shape instance fields`` (image, image_size, boxes, labels,
     masks, is_crowd, instance_valid, num_dropped): :mod:`segjax.input.augment_instances` with the
-    options of ``config.data.instances`` and the per-example seed ``(seed, position)``."""
-    options = augment_instances.train_options(d)
+    options of ``config.data.instances`` and the per-example seed ``(config.seed, position)``."""
+    options = augment_instances.train_options(config.data)
+    seed = int(config.seed)
 
     def transform(position, ex):
         example_seed = tf.stack([tf.constant(seed, tf.int64), position])

@@ -1,32 +1,69 @@
-"""What differs between semantic and instance segmentation, behind one small interface.
+"""The segmentation tasks behind one interface (:class:`~segjax.tasks.base.Task`).
 
-The trainer (:mod:`segjax.trainer`) and ``segjax.evaluate`` own the loop, the state, sharding,
-checkpoints and logs; a task supplies the rest (DESIGN.md):
-
-- ``check_dataset(config, info)``: the dataset fits the model (classes, task);
-- ``init_variables(model, config, rng)``: ``{"params", "batch_stats"}``;
-- ``loss_fn(model, config)``: ``(params, batch_stats, batch, rng) → (loss, (batch_stats,
-  terms))``, ``terms`` a dict of named scalars logged beside the loss; ``loss_fields``: the
-  batch fields it reads besides ``image``;
-- ``trainable(model)``: ``None`` (everything trains) or ``params → bool tree``;
-- ``eval_stream``, ``compile_eval_step``, ``evaluate`` (the one evaluation loop, returning a
-  result with ``summary()``, ``num_images`` and ``examples``);
-- ``log_line(summary)``, ``tables(summary, info)``, ``write_images(logger, step, examples,
-  info, config)``: what is logged, printed and shown in TensorBoard.
-
-The config chooses the task through its model: :func:`for_model`.
+A model's row in the model table names its task (:func:`segjax.models.task_name`), so the task
+of a config is known without building anything: :func:`for_config`. :func:`create_model` builds
+the config's model as its task configures it. Adding a task is one module under ``tasks/`` with
+a :class:`Task` subclass, its entry in :data:`_TASKS` and its models' rows in the model table
+(docs/TASKS.md).
 """
 
-from segjax.models.maskrcnn import MaskRCNN
+import flax.linen as nn
+import ml_collections
+
+from segjax import models
+from segjax.errors import UnknownNameError
+from segjax.tasks.base import EvalResult, Task
 from segjax.tasks.instance import InstanceTask
 from segjax.tasks.semantic import SemanticTask
 
-Task = SemanticTask | InstanceTask
+_TASKS: dict[str, Task] = {task.name: task for task in (SemanticTask(), InstanceTask())}
 
 
-def for_model(model) -> Task:
-    """The task of ``model``: instance segmentation for Mask R-CNN, semantic otherwise."""
-    return InstanceTask() if isinstance(model, MaskRCNN) else SemanticTask()
+def names() -> list[str]:
+    """Every registered task name, sorted."""
+    return sorted(_TASKS)
 
 
-__all__ = ["InstanceTask", "SemanticTask", "Task", "for_model"]
+def get(name: str) -> Task:
+    """The task registered as ``name``.
+
+    Raises:
+      UnknownNameError: no task has that name (the message lists the known ones).
+    """
+    if name not in _TASKS:
+        raise UnknownNameError(f"unknown task {name!r}; known tasks: {', '.join(names())}")
+    return _TASKS[name]
+
+
+def for_config(config: ml_collections.ConfigDict) -> Task:
+    """The task of ``config.model.name`` (its row in the model table); builds no model.
+
+    Raises:
+      KeyError: unknown model name (the message lists the known ones).
+    """
+    return get(models.task_name(config.model.name))
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The model of ``config.model`` in the config's compute dtype
+    (:func:`segjax.models.compute_dtype`), as its task configures it (instance models resize
+    images as ``config.data.instances`` says)."""
+    model = models.create(
+        config.model.name,
+        num_classes=config.model.num_classes,
+        dtype=models.compute_dtype(config),
+        **config.model.kwargs.to_dict(),
+    )
+    return for_config(config).configure_model(model, config)
+
+
+__all__ = [
+    "EvalResult",
+    "InstanceTask",
+    "SemanticTask",
+    "Task",
+    "create_model",
+    "for_config",
+    "get",
+    "names",
+]

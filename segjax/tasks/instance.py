@@ -1,8 +1,10 @@
 """Instance segmentation (Mask R-CNN): boxes and instance masks, detection losses, COCO AP.
 
-What the trainer asks of a task (:mod:`segjax.tasks`) for
-:class:`~segjax.models.maskrcnn.MaskRCNN` models:
+The :class:`~segjax.tasks.base.Task` of :class:`~segjax.models.maskrcnn.MaskRCNN` models:
 
+- the train stream: :func:`segjax.input.pipeline.instance_train_transform` (fixed-shape
+  instance fields), the instances dropped over ``data.instances.max_instances`` counted and
+  logged;
 - the loss: torchvision's five (:func:`segjax.models.maskrcnn.losses.maskrcnn_losses`, with
   ``config.train.detection``'s matching and sampling settings), each logged by its name;
   the anchor and RoI sampling draws from the step-folded key the trainer passes;
@@ -15,7 +17,9 @@ What the trainer asks of a task (:mod:`segjax.tasks`) for
   :class:`segjax.evaluation.coco_eval.CocoEvaluator` against the ground truth at the original size,
   merged over every process: bbox and segm AP, AP50 … AR (``"segm/AP"`` …);
 - TensorBoard: the ground truth next to the detections scoring at least
-  :data:`VIS_SCORE_THRESHOLD`.
+  :data:`VIS_SCORE_THRESHOLD`;
+- ``segjax.predict``: a COCO results JSON and two PNGs per image
+  (:mod:`segjax.tasks.instance_outputs`); the semantic inference flags are refused.
 """
 
 import dataclasses
@@ -26,21 +30,30 @@ import ml_collections
 import numpy as np
 
 from segjax import logs, runtime, sharding
+from segjax.errors import ConfigError
 from segjax.evaluation import coco_eval, visualize
 from segjax.input import pipeline
-from segjax.models.maskrcnn import losses as maskrcnn_losses
 from segjax.models.maskrcnn import trainable_mask
 from segjax.models.maskrcnn.transform import ImageTransform, paste_masks
+from segjax.tasks import instance_outputs
+from segjax.tasks.base import ImageWriter, Task
 
 # The (square) dummy image variables are initialised with: their shapes do not depend on it.
 INIT_SIZE = 128
 VIS_SCORE_THRESHOLD = 0.5
 # The forward-pass inputs of an evaluation batch.
 EVAL_INPUTS = ("image", "image_size", "original_size")
+# The fields of a training batch the loss reads besides ``image``
+# (:data:`segjax.models.maskrcnn.losses.BATCH_FIELDS`, checked equal by the tests: that module
+# pulls in optax, which the inference tools do not load).
+LOSS_FIELDS = ("image_size", "boxes", "labels", "masks", "is_crowd", "instance_valid")
 
 
-def loss_config(config: ml_collections.ConfigDict) -> maskrcnn_losses.LossConfig:
-    """The matching and sampling settings of ``config.train.detection``."""
+def loss_config(config: ml_collections.ConfigDict):
+    """The matching and sampling settings of ``config.train.detection``
+    (:class:`segjax.models.maskrcnn.losses.LossConfig`)."""
+    from segjax.models.maskrcnn import losses as maskrcnn_losses  # optax: training only
+
     return maskrcnn_losses.LossConfig(**config.train.detection.to_dict())
 
 
@@ -50,7 +63,7 @@ def model_transform(config: ml_collections.ConfigDict) -> ImageTransform:
     ``max_size``, padded to ``pad_size`` when set (else the transform's buckets)."""
     inst = config.data.instances
     if not tuple(inst.min_size):
-        raise ValueError("config.data.instances.min_size=(); expected at least one size")
+        raise ConfigError("config.data.instances.min_size=(); expected at least one size")
     pad_size = tuple(int(s) for s in inst.pad_size)
     return ImageTransform(
         min_size=int(inst.min_size[-1]),
@@ -85,22 +98,22 @@ def _detections_of(detections: dict, i: int) -> dict:
     return {k: np.asarray(v[i]) for k, v in detections.items()}
 
 
-class InstanceTask:
+class InstanceTask(Task):
     """The instance-segmentation task (module docstring); stateless."""
 
     name = "instance"
 
     def check_dataset(self, config: ml_collections.ConfigDict, info) -> None:
-        """Raises ValueError unless the dataset holds instances of the model's classes."""
+        """Raises ConfigError unless the dataset holds instances of the model's classes."""
         if info.task != "instance":
-            raise ValueError(
+            raise ConfigError(
                 f"config.model.name={config.model.name!r} is an instance model but dataset "
                 f"{info.name!r} has task {info.task!r}; use an instance dataset (coco, "
                 "instance_shapes, or a folder of instance-id masks with "
                 "config.data.folder_task='instance')"
             )
         if info.num_classes != config.model.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"config.model.num_classes={config.model.num_classes} but dataset "
                 f"{info.name!r} has {info.num_classes} classes (the background included)"
             )
@@ -119,10 +132,26 @@ class InstanceTask:
         variables = model.init({"params": rng}, dummy, train=False)
         return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
+    def train_stream(
+        self, source, config, *, start_step: int = 0, process_index: int = 0, process_count=1
+    ):
+        """:func:`segjax.input.pipeline.train_iterator` with the instance augmentation
+        (:func:`segjax.input.pipeline.instance_train_transform`): fixed-shape fields."""
+        return pipeline.train_iterator(
+            source,
+            config,
+            transform=pipeline.instance_train_transform(config),
+            start_step=start_step,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
     def loss_fn(self, model, config) -> Callable:
         """``(params, batch_stats, batch, rng) → (loss, (batch_stats, terms))``: the sum of
         torchvision's five losses and each of them; the frozen BatchNorm statistics are only
         read."""
+        from segjax.models.maskrcnn import losses as maskrcnn_losses  # optax: training only
+
         settings = loss_config(config)
 
         def fn(params, batch_stats, batch, rng):
@@ -137,11 +166,27 @@ class InstanceTask:
     @property
     def loss_fields(self) -> tuple[str, ...]:
         """Batch fields the loss reads besides ``image``."""
-        return tuple(k for k in maskrcnn_losses.BATCH_FIELDS if k != "image")
+        return LOSS_FIELDS
 
     def trainable(self, model) -> Callable:
         """``params → bool tree``: False for the layers torchvision freezes."""
         return lambda params: trainable_mask(model, params)
+
+    def batch_counts(self, host_batch: dict) -> dict[str, int]:
+        """``{"dropped": n}``: instances beyond ``data.instances.max_instances`` the pipeline
+        dropped from this process's batch (``overflow="drop_smallest"``)."""
+        return {"dropped": int(np.sum(host_batch.get("num_dropped", 0)))}
+
+    def count_lines(self, counts: dict[str, int], config) -> list[str]:
+        """One line when instances were dropped since the last log line."""
+        dropped = counts.get("dropped", 0)
+        if not dropped:
+            return []
+        return [
+            f"dropped the {dropped} smallest instance(s) of images with more than "
+            f"data.instances.max_instances={config.data.instances.max_instances} "
+            "since the last log line (data.instances.overflow='drop_smallest')"
+        ]
 
     def eval_stream(self, source, config, split, *, process_index=0, process_count=1):
         """:func:`segjax.input.pipeline.instance_eval_stream`, its COCO backend
@@ -204,6 +249,43 @@ class InstanceTask:
         del config
         strips = [_ground_truth_and_detections(*example, info.class_names) for example in examples]
         logger.pictures(step, strips)
+
+    def inference_options(self, config, flags, *, instead: str = ""):
+        """None: whole resized images are run. Raises ConfigError naming the inference flags
+        given (all semantic-segmentation options); ``instead`` names the ones that apply."""
+        given = [f"--{name}" for name, holder in vars(flags).items() if holder.present]
+        if given:
+            hint = f" (use {instead})" if instead else ""
+            raise ConfigError(
+                f"{', '.join(given)}: semantic-segmentation options; the instance model "
+                f"{config.model.name!r} predicts whole images{hint}"
+            )
+
+    def image_writer(
+        self,
+        config,
+        variables,
+        model,
+        output_dir: str,
+        *,
+        options=None,
+        alpha: float = 0.5,
+        score_threshold: float = 0.5,
+    ) -> ImageWriter:
+        """A COCO results JSON, an instance-id PNG and an overlay per image
+        (:func:`segjax.tasks.instance_outputs.image_writer`).
+
+        Raises:
+          ConfigError: inference ``options`` given (they are for semantic models).
+        """
+        if options is not None:
+            raise ConfigError(
+                f"segjax.predict: inference options {options} are for semantic models; "
+                f"{type(model).__name__} predicts whole images"
+            )
+        return instance_outputs.image_writer(
+            config, variables, model, output_dir, score_threshold=score_threshold, alpha=alpha
+        )
 
 
 def _pasted(detections: dict, image_hw) -> dict:

@@ -1,14 +1,16 @@
 """Semantic segmentation: class masks, pixel losses, the confusion matrix.
 
-What the trainer asks of a task (:mod:`segjax.tasks`) for models that return per-pixel logits
-(``module.apply(variables, images) -> {"out", "aux"?}``): the loss of a batch (the weighted
-terms of :func:`segjax.losses.build_loss` on the main head, plus ``train.aux_weight`` times it
-on the auxiliary head), the evaluation stream, the compiled eval step (confusion matrix on
-device), the one evaluation loop (with object-level counts for data with instance ids) and
-what is logged and printed.
+The :class:`~segjax.tasks.base.Task` of models that return per-pixel logits
+(``module.apply(variables, images) -> {"out", "aux"?}``): the semantic training augmentation,
+the loss of a batch (the weighted terms of :func:`segjax.losses.build_loss` on the main head,
+plus ``train.aux_weight`` times it on the auxiliary head), the evaluation stream, the compiled
+eval step (confusion matrix on device), the one evaluation loop (with object-level counts for
+data with instance ids), what is logged and printed, and the files the tools write
+(:mod:`segjax.tasks.semantic_outputs`: the confusion-matrix PNG, label/colour/overlay PNGs).
 """
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -17,10 +19,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from segjax import logs, losses, runtime, sharding
-from segjax.data.image_io import DataError
+from segjax import logs, runtime, sharding
+from segjax.errors import ConfigError, DataError
 from segjax.evaluation import inference, metrics
 from segjax.input import pipeline
+from segjax.tasks import semantic_outputs
+from segjax.tasks.base import ImageWriter, Task
 
 # Batch fields the training loss reads besides the image (the rest of a batch is ignored).
 LOSS_FIELDS = ("mask", "weights")
@@ -135,32 +139,44 @@ def _sum_over_processes(counts: np.ndarray) -> np.ndarray:
     return (gathered[0] << 31) + gathered[1]
 
 
-class SemanticTask:
+class SemanticTask(Task):
     """The semantic-segmentation task (module docstring); stateless."""
 
     name = "semantic"
 
     def check_dataset(self, config: ml_collections.ConfigDict, info) -> None:
-        """Raises ValueError when the model's class count differs from the dataset's."""
+        """Raises ConfigError when the model's class count differs from the dataset's."""
         if info.num_classes != config.model.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"config.model.num_classes={config.model.num_classes} but dataset "
                 f"{info.name!r} has {info.num_classes} classes"
             )
-
-    def configure_model(self, model, config):
-        """``model`` as it is."""
-        del config
-        return model
 
     def init_variables(self, model, config, rng) -> dict:
         """:func:`init_variables`."""
         return init_variables(model, config, rng)
 
+    def train_stream(
+        self, source, config, *, start_step: int = 0, process_index: int = 0, process_count=1
+    ):
+        """:func:`segjax.input.pipeline.train_iterator` with the semantic augmentation
+        (:func:`segjax.input.pipeline.semantic_train_transform`)."""
+        return pipeline.train_iterator(
+            source,
+            config,
+            transform=pipeline.semantic_train_transform(config, source.info),
+            start_step=start_step,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
     def loss_fn(self, model, config) -> Callable:
         """``(params, batch_stats, batch, rng) → (loss, (batch_stats, terms))``; ``terms`` is
         empty (the semantic loss is logged as one number). Built (and validated) now, so a bad
         loss config fails before anything compiles."""
+        # Imported here: the losses pull in optax, which the inference tools do not load.
+        from segjax import losses
+
         loss = losses.build_loss(config.train)
         return lambda *args: _loss_fn(model, loss, config.train.aux_weight, *args)
 
@@ -168,10 +184,6 @@ class SemanticTask:
     def loss_fields(self) -> tuple[str, ...]:
         """Batch fields the loss reads besides ``image``."""
         return LOSS_FIELDS
-
-    def trainable(self, model) -> None:
-        """Every parameter trains (no mask)."""
-        del model
 
     def eval_stream(self, source, config, split, *, process_index=0, process_count=1):
         """:func:`segjax.input.pipeline.eval_stream`."""
@@ -247,3 +259,49 @@ class SemanticTask:
     def write_images(self, logger: logs.MetricLogger, step: int, examples, info, config):
         """(image | ground truth | prediction) strips to TensorBoard."""
         logger.images(step, examples, info, config.data.mean, config.data.std)
+
+    def eval_record(self, result: EvalResult, options) -> dict:
+        """The inference settings and the confusion matrix (rows: ground truth)."""
+        return {
+            "inference": dataclasses.asdict(options or inference.InferenceOptions()),
+            "confusion_matrix": result.confusion_matrix.tolist(),
+        }
+
+    def write_eval_files(self, result: EvalResult, info, out: str, split: str) -> list[str]:
+        """``eval_<split>_confusion.png`` (:func:`semantic_outputs.confusion_png`)."""
+        path = os.path.join(out, f"eval_{split}_confusion.png")
+        semantic_outputs.confusion_png(result.confusion_matrix, info.class_names, path)
+        return [path]
+
+    def inference_options(self, config, flags, *, instead: str = ""):
+        """:class:`segjax.evaluation.inference.InferenceOptions` from the inference flags."""
+        del instead
+        return inference.options_for(
+            config,
+            mode=flags.mode.value,
+            crop=flags.crop.value,
+            stride=flags.stride.value,
+            tile_batch=flags.tile_batch.value,
+            tile_size=flags.tile_size.value,
+            scales=flags.scales.value,
+            flip=flags.flip.value,
+            crf=flags.crf.value,
+        )
+
+    def image_writer(
+        self,
+        config,
+        variables,
+        model,
+        output_dir: str,
+        *,
+        options=None,
+        alpha: float = 0.5,
+        score_threshold: float = 0.5,
+    ) -> ImageWriter:
+        """Labels, colour and overlay PNGs per image
+        (:func:`segjax.tasks.semantic_outputs.image_writer`); no score threshold applies."""
+        del score_threshold
+        return semantic_outputs.image_writer(
+            config, variables, model, output_dir, options=options, alpha=alpha
+        )
