@@ -12,12 +12,25 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # segjax commands cache compiled executables in ~/.cache/segjax/jax by default
-# (segjax.runtime.compile_cache); the tests' subprocesses share one cache per test process instead.
+# (segjax.runtime.compile_cache); the test session uses one temporary cache instead. pytest-xdist's
+# controller imports this file before it starts the workers, which inherit the variable: the
+# workers and every subprocess they start (segjax.train, evaluate, ...) share the one directory.
 if "SEGJAX_COMPILE_CACHE" not in os.environ:
     os.environ["SEGJAX_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="segjax-test-compile-cache-")
     atexit.register(shutil.rmtree, os.environ["SEGJAX_COMPILE_CACHE"], True)
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# The test processes use that cache too: many tests compile the same programs (a trainer.run of
+# the tiny quickstart config, its eval step, ...), in both workers and under new jit wrappers,
+# which JAX's in-memory cache does not share. A hit is the executable XLA compiled for the same
+# program, options and devices: results are bitwise those of a fresh compile.
+_cache = os.environ["SEGJAX_COMPILE_CACHE"].strip()
+if _cache.lower() not in ("off", "0", "false", "no", "none", "on", "1", "true", "yes"):  # a dir
+    jax.config.update("jax_compilation_cache_dir", _cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +123,41 @@ def instance_config(instance_shapes_data_dir):
     config.data.data_dir = instance_shapes_data_dir
     config.runtime.conv_impl = "xla"  # compile time; the matmul forms: test_ops_conv
     return config
+
+
+# The modules whose tests take longest (subprocess runs, trained fixtures), longest first; they
+# run first so that neither xdist worker is left with one of them at the end of the session.
+# Measured with ``--durations``; a module missing here only runs later, in collection order.
+_LONG_FIRST = (
+    "test_multiprocess.py",
+    "test_resilience.py",
+    "test_train_e2e.py",
+    "test_train_instances.py",
+    "test_finetune_maskrcnn.py",
+    "test_checkpoint.py",
+    "test_unet_recipe.py",
+    "test_compile_cache.py",
+    "test_maskrcnn_parity.py",
+    "test_predict_instances.py",
+    "test_evaluate.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs the modules of :data:`_LONG_FIRST` first, each still in one piece and in its own
+    order (a stable sort by module), so that module-scoped fixtures are set up once."""
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``-n 2`` alone distributes by work stealing: each worker starts on one contiguous half of
+    the (long-first) items and an idle worker takes half of what the other has left, so a
+    module mostly runs in one worker (its module-scoped fixtures set up once, not once per
+    worker) and the session ends when both run out. An explicit other ``--dist`` is kept."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import WorkStealingScheduling
+
+    return WorkStealingScheduling(config, log)
