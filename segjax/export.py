@@ -26,6 +26,7 @@ from absl import flags
 from jax import export
 
 from segjax import cli, runtime
+from segjax.errors import ConfigError, MissingFileError
 from segjax.models import unet
 
 _FLAGS = types.SimpleNamespace(
@@ -122,7 +123,7 @@ def export_model(
         jax.errors.ConcretizationTypeError,
         TypeError,  # e.g. a symbolic size where Python needs an int (adaptive pooling)
     ) as e:
-        raise ValueError(
+        raise ConfigError(
             f"model {type(model).__name__} cannot be exported for symbolic image sizes: its "
             f"forward pass branches on the size ({str(e).splitlines()[0]})"
         ) from None
@@ -145,7 +146,7 @@ def load(path: str):
     if os.path.isdir(path):
         path = os.path.join(path, FILENAME)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no exported model at {path}")
+        raise MissingFileError(f"no exported model at {path}")
     with open(path, "rb") as f:
         return export.deserialize(bytearray(f.read()))
 

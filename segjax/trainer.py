@@ -27,7 +27,7 @@ import optax
 
 from segjax import checkpoint, logs, optim, runtime, sharding, tasks
 from segjax import data as data_lib
-from segjax.errors import NonFiniteError
+from segjax.errors import ConfigError, NonFiniteError
 from segjax.runtime import compile_cache
 
 
@@ -113,7 +113,7 @@ def _accumulate(grad_fn, state: TrainState, batch: dict, rng, accum: int):
     """``(loss, batch_stats, terms, grads)`` averaged over ``accum`` sequential micro-batches."""
     b = batch["image"].shape[0]
     if b % accum:
-        raise ValueError(f"batch {b} not divisible by grad_accum_steps={accum}")
+        raise ConfigError(f"batch {b} not divisible by grad_accum_steps={accum}")
     # Row r goes to micro-batch r % k, so every device's rows are spread over all of them.
     split = lambda x: einops.rearrange(x, "(b k) ... -> k b ...", k=accum)
     micro = jax.tree.map(split, batch)
@@ -189,7 +189,7 @@ class Trainer:
     def _load_pretrained(self, state: TrainState) -> TrainState:
         pretrained = checkpoint.read_weights(self.config.init_from)
         if "params" not in pretrained:
-            raise ValueError(
+            raise ConfigError(
                 f"init_from {self.config.init_from!r} holds no 'params' "
                 f"(top-level keys: {sorted(pretrained)})"
             )

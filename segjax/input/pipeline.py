@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from segjax.data.base import Source
+from segjax.errors import ConfigError, DataError
 from segjax.evaluation.metrics import IGNORE_INDEX
 from segjax.input import augment, augment_instances
 from segjax.runtime.lazy_imports import tf
@@ -55,7 +56,7 @@ def _check_labels(ex: dict, num_classes: int) -> dict:
 
 def _host_batch(global_batch: int, process_count: int) -> int:
     if global_batch % process_count:
-        raise ValueError(
+        raise ConfigError(
             f"batch size {global_batch} is not divisible by the {process_count} processes"
         )
     return global_batch // process_count
@@ -66,7 +67,7 @@ def _cardinality(ds: tf.data.Dataset, what: str) -> int:
     if n < 0:  # unknown: count once
         n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
     if n == 0:
-        raise ValueError(f"{what} is empty: no examples to read")
+        raise DataError(f"{what} is empty: no examples to read")
     return n
 
 
@@ -136,7 +137,7 @@ def train_iterator(
     reader = source.record_reader(d.train_split, cache=d.cache)
     num_examples = len(reader)
     if num_examples == 0:
-        raise ValueError(f"split {d.train_split!r} of {source.info.name!r} is empty")
+        raise DataError(f"split {d.train_split!r} of {source.info.name!r} is empty")
     seed = int(config.seed)
     if transform is None:
         transform = semantic_train_transform(config, source.info)
@@ -259,12 +260,12 @@ def _eval_batches(source: Source, split: str, batch_size: int, process_count: in
     host_batch = _host_batch(batch_size, process_count)
     total = source.info.splits.get(split)
     if total is None:
-        raise ValueError(
+        raise ConfigError(
             f"dataset {source.info.name!r} has no split {split!r}; "
             f"splits: {', '.join(sorted(source.info.splits))}"
         )
     if total == 0:
-        raise ValueError(f"split {split!r} of {source.info.name!r} is empty")
+        raise DataError(f"split {split!r} of {source.info.name!r} is empty")
     return host_batch, math.ceil(math.ceil(total / process_count) / host_batch)
 
 

@@ -14,6 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
+
 
 def box_area(boxes: jax.Array) -> jax.Array:
     """``(x2 − x1)·(y2 − y1)`` of boxes ``[..., 4]`` → ``[...]`` (negative for inverted boxes)."""
@@ -92,7 +94,7 @@ class BoxCoder:
     def __post_init__(self):
         weights = tuple(self.weights)
         if len(weights) != 4 or not all(w > 0 for w in weights):
-            raise ValueError(f"BoxCoder weights={self.weights!r}: expected four positive numbers")
+            raise ConfigError(f"BoxCoder weights={self.weights!r}: expected four positive numbers")
         object.__setattr__(self, "weights", tuple(float(w) for w in weights))
 
     def encode(self, reference_boxes: jax.Array, proposals: jax.Array) -> jax.Array:

@@ -16,6 +16,7 @@ than a loop keeping one box per step (43–70, 48–84 and 160–290 ms).
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
 from segjax.ops.boxes import box_iou
 
 # Boxes settled per loop step. Larger tiles mean fewer sequential steps but more work per
@@ -31,11 +32,11 @@ def _check_inputs(boxes, scores, max_output, iou_threshold, tile_size):
     if scores.shape != boxes.shape[:1]:
         raise ValueError(f"nms: scores must be [{boxes.shape[0]}], got shape {scores.shape}")
     if not isinstance(max_output, int) or max_output < 1:
-        raise ValueError(f"nms: max_output={max_output!r}, expected a positive int")
+        raise ConfigError(f"nms: max_output={max_output!r}, expected a positive int")
     if not 0 <= float(iou_threshold) <= 1:
-        raise ValueError(f"nms: iou_threshold={iou_threshold!r}, expected a number in [0, 1]")
+        raise ConfigError(f"nms: iou_threshold={iou_threshold!r}, expected a number in [0, 1]")
     if not isinstance(tile_size, int) or tile_size < 1:
-        raise ValueError(f"nms: tile_size={tile_size!r}, expected a positive int")
+        raise ConfigError(f"nms: tile_size={tile_size!r}, expected a positive int")
 
 
 def _descending_order(scores: jax.Array, valid: jax.Array) -> jax.Array:

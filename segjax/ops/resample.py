@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
+from segjax.errors import ConfigError
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -99,5 +101,5 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
     """
     n, h, w, c = x.shape
     if h % 2 or w % 2:
-        raise ValueError(f"max_pool2x2: expected even height and width, got {h}×{w}")
+        raise ConfigError(f"max_pool2x2: expected even height and width, got {h}×{w}")
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax.errors import ConfigError
 from segjax.ops.boxes import box_area
 
 # RoIs pooled per step of the chunked loop on CPU: 7×7 bins × 4 samples × 4 taps × 256
@@ -40,9 +41,9 @@ def _check_pool_args(output_size, sampling_ratio, caller: str) -> tuple[int, int
     """``output_size`` as ``(ph, pw)``; ValueError for a non-positive size or sampling ratio."""
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"{caller}: output_size={output_size!r}, expected (ph, pw) positive ints")
+        raise ConfigError(f"{caller}: output_size={output_size!r}, expected (ph, pw) positive ints")
     if not isinstance(sampling_ratio, int) or sampling_ratio <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"{caller}: sampling_ratio={sampling_ratio!r}, expected a positive int (the adaptive "
             "ceil(roi_size / output_size) grid of sampling_ratio <= 0 depends on the box, which "
             "static shapes cannot follow; torchvision's Mask R-CNN uses 2)"
@@ -343,7 +344,7 @@ def _check_paste_args(masks_shape, boxes_shape, padding, caller: str) -> None:
             f"{tuple(masks_shape)}"
         )
     if not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"{caller}: padding={padding!r}, expected an int >= 0")
+        raise ConfigError(f"{caller}: padding={padding!r}, expected an int >= 0")
 
 
 def paste_masks_in_image(masks: jax.Array, boxes: jax.Array, image_hw, *, padding: int = 1):

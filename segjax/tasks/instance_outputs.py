@@ -21,7 +21,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from segjax.data import coco_names, image_io
-from segjax.errors import ConfigError
+from segjax.errors import ConfigError, DataError
 from segjax.evaluation import visualize
 from segjax.evaluation.coco_eval import MASK_CHUNK, MASK_THRESHOLD, coco_results
 from segjax.models import maskrcnn
@@ -115,7 +115,7 @@ def _paint_and_encode(detections: dict, image_hw, score_threshold: float):
     """
     scores = detections["scores"]
     if len(scores) > image_io.INSTANCE_ID_MAX:
-        raise ValueError(
+        raise DataError(
             f"{len(scores)} detections; at most {image_io.INSTANCE_ID_MAX} fit a 16-bit PNG"
         )
     ids = np.zeros(tuple(image_hw), np.uint16)

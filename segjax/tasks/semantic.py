@@ -120,7 +120,7 @@ def _object_counts(batch: dict, preds: np.ndarray) -> np.ndarray:
             counts.append(
                 metrics.object_match_counts(preds[i], batch["instances"][i], batch["mask"][i])
             )
-        except ValueError as e:  # name the image: the metric cannot know it
+        except DataError as e:  # name the image: the metric cannot know it
             raise DataError(f"evaluation image {batch['id'][i]!r}: {e}") from None
     return np.sum(counts, axis=0) if counts else None
 
@@ -230,7 +230,7 @@ class SemanticTask(Task):
                 for i in np.flatnonzero(batch["valid"])[: keep_preds - len(kept)]:
                     kept.append((batch["image"][i], batch["mask"][i], local[i]))
         if cm is None:
-            raise ValueError("evaluate: the evaluation stream is empty")
+            raise DataError("evaluate: the evaluation stream is empty")
         if "instances" in batch:
             # Every process reaches this (same number of batches), even one without real images.
             zeros = np.zeros(len(metrics.OBJECT_COUNT_FIELDS), np.int64)

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
+
 # (input transform Bᵀ, kernel transform G, output transform Aᵀ) per output tile size m.
 _TRANSFORMS = {
     2: (
@@ -66,7 +68,7 @@ _WINOGRAD_MIN_CHANNELS = 64
 
 def _check_tile(m) -> int:
     if m not in _TRANSFORMS:
-        raise ValueError(f"Winograd output tile {m!r}: expected one of {OUTPUT_TILES}")
+        raise ConfigError(f"Winograd output tile {m!r}: expected one of {OUTPUT_TILES}")
     return m
 
 

@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segjax.errors import ConfigError
 from segjax.models.layers import batch_norm, conv_init, same_padding
 
 Dtype = Any
@@ -70,7 +71,7 @@ def dilation_for_output_stride(output_stride: int) -> tuple[bool, bool, bool]:
     """
     table = {8: (False, True, True), 16: (False, False, True), 32: (False, False, False)}
     if output_stride not in table:
-        raise ValueError(f"resnet: output_stride must be 8, 16 or 32, got {output_stride!r}")
+        raise ConfigError(f"resnet: output_stride must be 8, 16 or 32, got {output_stride!r}")
     return table[output_stride]
 
 
@@ -107,7 +108,7 @@ def block_plan(
     multi_grid = tuple(multi_grid)
     use_multi_grid = any(m != 1 for m in multi_grid)
     if use_multi_grid and len(multi_grid) != stage_blocks[3]:
-        raise ValueError(
+        raise ConfigError(
             f"resnet: multi_grid {multi_grid!r} needs one entry per layer4 block "
             f"({stage_blocks[3]} blocks)"
         )
@@ -192,7 +193,7 @@ class BasicBlock(_Block):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if self.dilation > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"resnet.BasicBlock: dilation {self.dilation} > 1 is not supported (as in "
                 "torchvision); use depth 50/101/152 for a dilated backbone"
             )
@@ -240,17 +241,17 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         if self.depth not in STAGE_BLOCKS:
-            raise ValueError(
+            raise ConfigError(
                 f"resnet: depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth!r}"
             )
         if len(self.replace_stride_with_dilation) != 3:
-            raise ValueError(
+            raise ConfigError(
                 "resnet: replace_stride_with_dilation needs 3 booleans (layer2, layer3, layer4), "
                 f"got {self.replace_stride_with_dilation!r}"
             )
         blocks = tuple(self.stage_blocks or STAGE_BLOCKS[self.depth])
         if len(blocks) != 4 or min(blocks) < 1:
-            raise ValueError(f"resnet: stage_blocks needs 4 positive counts, got {blocks!r}")
+            raise ConfigError(f"resnet: stage_blocks needs 4 positive counts, got {blocks!r}")
         multi_grid = tuple(self.multi_grid)
         block_cls = Bottleneck if self.depth in BOTTLENECK_DEPTHS else BasicBlock
         expansion = block_cls.expansion
