@@ -9,9 +9,8 @@ Runs ``python -m MODULE ARGS`` ``--runs`` times (default 2), one process after a
 with ``SEGJAX_COMPILE_CACHE`` set to one cache directory: a new temporary one (removed at the
 end) unless ``--cache DIR`` names one, so the first run is cold. ``{run}`` in ``ARGS`` becomes
 the run's number (1, 2 …), e.g. for a workdir per run. Each child turns the cache on with
-``segjax.runtime.compile_cache.setup`` before it runs the module (``segjax.*`` commands do it again
-in
-``setup_runtime``, which changes nothing), so modules that do not call it, such as the
+``segjax.runtime.compile_cache.setup`` before it runs the module (``segjax.*`` commands do it
+again in ``setup_runtime``, which changes nothing), so modules that do not call it, such as the
 benchmarks, are measured too.
 
 Reported per run: wall time of the process; "compile s", the sum of JAX's backend compile

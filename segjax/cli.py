@@ -72,9 +72,8 @@ def define_checkpoint_flags() -> types.SimpleNamespace:
 
 @functools.cache
 def define_inference_flags() -> types.SimpleNamespace:
-    """How to predict (:class:`segjax.evaluation.inference.InferenceOptions`): mode, sliding-window
-    and
-    overlap-tile geometry, test-time scales and flip, CRF."""
+    """How to predict (:class:`segjax.evaluation.inference.InferenceOptions`): mode,
+    sliding-window and overlap-tile geometry, test-time scales and flip, CRF."""
     return types.SimpleNamespace(
         mode=flags.DEFINE_enum("mode", "whole", list(inference.MODES), "Inference strategy."),
         crop=flags.DEFINE_list("crop", None, "Sliding-window crop h,w (default: data.crop_size)."),
@@ -235,10 +234,9 @@ def setup_runtime(
 ) -> str | None:
     """Silences TFDS's progress bars (segjax prints its own progress line; TensorFlow is set up
     for tf.data when it loads, :mod:`segjax.runtime.lazy_imports`), starts multi-process JAX and
-    turns
-    on the persistent compilation cache (:func:`segjax.runtime.compile_cache.setup`) for ``config``
-    —
-    by default the ``--config`` flag's, when the tool has one. Call it before anything compiles.
+    turns on the persistent compilation cache (:func:`segjax.runtime.compile_cache.setup`) for
+    ``config`` — by default the ``--config`` flag's, when the tool has one. Call it before
+    anything compiles.
 
     Returns:
       The compilation cache directory, or None when the cache is off.

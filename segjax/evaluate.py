@@ -92,8 +92,8 @@ def run(
       ``OUTPUT/eval_<split>.json``. Semantic models: mIoU, Dice … (and the object precision /
       recall / F1 and AJI for data with instance ids), the ``confusion_matrix`` (also drawn to
       ``OUTPUT/eval_<split>_confusion.png``) and the inference settings. Instance models: the
-      COCO statistics ``bbox/AP`` … ``segm/ARl`` (:mod:`segjax.evaluation.coco_eval`), printed as a
-      table.
+      COCO statistics ``bbox/AP`` … ``segm/ARl`` (:mod:`segjax.evaluation.coco_eval`), printed as
+      a table.
     """
     task = tasks.for_config(config)
     split = split or config.data.eval_split

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from segjax import cli, tasks
 from segjax.data import image_io
+from segjax.errors import SegjaxError
 
 _FLAGS = types.SimpleNamespace(
     **vars(cli.define_run_flags()),
@@ -88,8 +89,9 @@ def collect_inputs(inputs: list[str]) -> tuple[list[tuple[str, str]], list[str]]
 def for_each_image(inputs: list[str], process, progress: bool) -> tuple[list[str], list[str]]:
     """Decodes every image of ``inputs`` and calls ``process(image, stem) → written paths``.
 
-    A file that cannot be read or processed (``ValueError``, of which ``DataError`` is one, or
-    ``OSError``) is reported by name on stderr and in the failures; the others go on.
+    A file that cannot be read or processed (a :class:`segjax.errors.SegjaxError` such as
+    ``DataError``, or an ``OSError``) is reported by name on stderr and in the failures; the
+    others go on. Any other exception is a bug and propagates.
     """
     items, missing = collect_inputs(inputs)
     failures = [f"{m}: no such file or directory" for m in missing]
@@ -99,7 +101,7 @@ def for_each_image(inputs: list[str], process, progress: bool) -> tuple[list[str
         try:
             image = image_io.decode_image(image_io.read_bytes(path), path=path)
             written += process(image, stem)
-        except (ValueError, OSError) as e:
+        except (SegjaxError, OSError) as e:
             message = str(e) if path in str(e) else f"{path}: {e}"
             failures.append(message)
             bar.write(f"error: {message}", file=sys.stderr)

@@ -260,9 +260,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run of ``config`` in ``workdir`` and evaluates it.
 
     Returns:
-      The last evaluation summary (the task's: :func:`segjax.evaluation.metrics.summarize` for
-      semantic
-      models, the COCO statistics for instance models), with ``step``; or
+      The last evaluation summary (the task's: :func:`segjax.evaluation.metrics.summarize`
+      for semantic models, the COCO statistics for instance models), with ``step``; or
       ``{"step": s, "preempted": True}`` when SIGTERM stopped the run (checkpoint saved).
 
     Raises:

@@ -3,8 +3,8 @@
 Every command (``segjax.train``, ``evaluate``, ``predict``, ``export``) calls :func:`setup`
 through ``segjax.cli.setup_runtime`` before it compiles anything, so a resumed run, an
 evaluation or a prediction on an unchanged config loads the executables an earlier process
-compiled instead of compiling them again (docs/PERFORMANCE.md, "Compile once", has the
-measured times).
+compiled instead of compiling them again (docs/PERFORMANCE.md, "Compile time and the
+compile cache", has the measured times).
 
 Where the cache lives, first match wins:
 

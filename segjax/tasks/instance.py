@@ -78,8 +78,8 @@ class InstanceEvalResult:
     """What :meth:`InstanceTask.evaluate` returns.
 
     Attributes:
-      metrics: :meth:`segjax.evaluation.coco_eval.CocoEvaluator.evaluate` over every process's
-      images.
+      metrics: :meth:`segjax.evaluation.coco_eval.CocoEvaluator.evaluate` over every
+        process's images.
       num_images: images evaluated, over all processes.
       examples: up to ``keep_preds`` local ``(image uint8, ground truth, detections)``, the
         detections with pasted masks, for pictures.

@@ -65,8 +65,7 @@ def make_eval_step(
     """``(variables, batch) → (confusion matrix [C, C], predictions [B, H, W], num_valid)``.
 
     Pure; predictions follow ``options`` (:class:`segjax.evaluation.inference.InferenceOptions`,
-    default
-    whole-image). Rows of padding examples (``batch["valid"]`` false) count nowhere.
+    default whole-image). Rows of padding examples (``batch["valid"]`` false) count nowhere.
     """
     predictor = inference.make_predictor(
         model, options or inference.InferenceOptions(), mean=mean, std=std
@@ -103,9 +102,8 @@ class EvalResult:
 
     def summary(self) -> dict:
         """:func:`segjax.evaluation.metrics.summarize` of the confusion matrix, plus the
-        object-level
-        metrics (:func:`segjax.evaluation.metrics.summarize_objects`) when there are instance
-        ids."""
+        object-level metrics (:func:`segjax.evaluation.metrics.summarize_objects`) when there
+        are instance ids."""
         summary = metrics.summarize(self.confusion_matrix)
         if self.object_counts is not None:
             summary.update(metrics.summarize_objects(self.object_counts))
