@@ -78,23 +78,28 @@ def _gemm_conv_interceptor(next_fun, args, kwargs, context):
 
 
 def residual_block_outputs() -> dict[type, str]:
-    """``{block class: name of its output method}`` of :data:`RESIDUAL_BLOCK_OUTPUTS` (read at
-    each call: the modules are imported already when a model is traced)."""
+    """``{block class: name of its output method}`` of :data:`RESIDUAL_BLOCK_OUTPUTS` (read when
+    a scope opens: the block modules are imported by then, and a test may extend the table)."""
     return {
         getattr(importlib.import_module(module), cls): method
         for module, cls, method in RESIDUAL_BLOCK_OUTPUTS
     }
 
 
-def _residual_output_interceptor(next_fun, args, kwargs, context):
-    """Flax method interceptor: a residual block's output method returns its result stored once
-    (:func:`materialize`). Subclasses count (the memory benchmark's rematerialised blocks)."""
-    out = next_fun(*args, **kwargs)
-    blocks = residual_block_outputs()
-    for cls in type(context.module).__mro__:
-        if cls in blocks:
-            return materialize(out) if blocks[cls] == context.method_name else out
-    return out
+def _residual_output_interceptor(blocks: dict[type, str]):
+    """Flax method interceptor: the output method of a residual block in ``blocks``
+    (:func:`residual_block_outputs`, resolved once per scope rather than at every intercepted
+    call) returns its result stored once (:func:`materialize`). Subclasses count (the memory
+    benchmark's rematerialised blocks)."""
+
+    def intercept(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        for cls in type(context.module).__mro__:
+            if cls in blocks:
+                return materialize(out) if blocks[cls] == context.method_name else out
+        return out
+
+    return intercept
 
 
 @contextlib.contextmanager
@@ -118,7 +123,7 @@ def conv_impl_scope(choice: str = "auto", platform: str | None = None) -> Iterat
     try:
         if impl == "gemm":
             with nn.intercept_methods(_gemm_conv_interceptor):
-                with nn.intercept_methods(_residual_output_interceptor):
+                with nn.intercept_methods(_residual_output_interceptor(residual_block_outputs())):
                     yield impl
         else:
             yield impl
